@@ -1,0 +1,153 @@
+"""`dlor-scale` command line (typer + rich).
+
+Every user error is a `DlorError`: printed as one clear line (no traceback) with a
+non-zero exit code (2 for bad specs/data), and raised before anything is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DlorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Scaling studies of Diagonal-plus-Low-Rank networks (Ray Tune + Optuna + MLflow).")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: DlorError):
+    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    raise typer.Exit(getattr(e, "exit_code", 1))
+
+
+def _load(path: Path):
+    from .spec import load_study
+    return load_study(path)
+
+
+def plan_table(plan) -> Table:
+    t = Table(title=f"plan: {plan.study.name}", show_lines=False)
+    rows = plan.table()
+    cols = ["cell", "shape", "n_params", "rel_err", "trials", "slots", "cpu", "gpu"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("cell", "shape") else "right")
+    for r in rows:
+        t.add_row(*(f"{r[c]:.2%}" if c == "rel_err" else str(r[c]) for c in cols))
+    return t
+
+
+@app.command()
+def validate(file: Path = typer.Argument(..., help="study YAML")):
+    """Check a study file; print its plan size."""
+    try:
+        from .plan import make_plan
+        study = _load(file)
+        plan = make_plan(study)
+    except DlorError as e:
+        _fail(e)
+    out.print(f"[green]ok[/] {file}: study {study.name!r}, {len(plan.cells)} cells, "
+              f"{plan.total_trials} cohort units, {plan.total_members} members")
+
+
+@app.command()
+def schema():
+    """Print the study JSON Schema (for editor completion/validation)."""
+    from .spec import study_json_schema
+    print(json.dumps(study_json_schema(), indent=2))
+
+
+@app.command()
+def launch(
+    file: Path = typer.Argument(..., help="study YAML"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: embedded local Ray)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted study (relaunching does the same)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress table"),
+):
+    """Run a study (search → confirmation → scaling fits), or continue it."""
+    try:
+        from .plan import make_plan
+        study = _load(file)
+        plan = make_plan(study)
+        if dry_run:
+            out.print(plan_table(plan))
+            out.print(f"{len(plan.cells)} cells, {plan.total_trials} cohort units, {plan.total_members} members; "
+                      f"resources per unit: cpu={study.resources.cpu} gpu={study.resources.gpu}")
+            out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}")
+            return
+        marker = study.study_dir() / "study.json"
+        if resume and not marker.exists():
+            raise DlorError(f"--resume: no study {study.name!r} in {study.study_dir()} to resume")
+        from .progress import Progress
+        from .tune import launch as run
+        progress = None if no_progress else Progress(live=sys.stderr.isatty())
+        result = run(study, str(file), address=address, progress=progress)
+    except DlorError as e:
+        _fail(e)
+    out.print(f"[green]done[/] study {study.name!r} → {result.study_dir}")
+    if result.fit is not None:
+        out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)")
+    uri = result.tracking_uri
+    out.print(f"browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"browse: {uri}")
+
+
+def _study_info(study: str) -> dict:
+    """Find a study by spec file, study folder, or name under the output dir."""
+    p = Path(study)
+    candidates = []
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        candidates.append(_load(p).study_dir() / "study.json")
+    candidates += [p / "study.json", Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"]
+    for c in candidates:
+        if c.exists():
+            info = json.loads(c.read_text())
+            info["study_dir"] = str(c.parent)
+            return info
+    raise DlorError(f"no study {study!r} found (tried: {', '.join(str(c) for c in candidates)})")
+
+
+@app.command()
+def status(study: str = typer.Argument(..., help="study name, folder, or spec file")):
+    """Per-cell progress of a study: Optuna trial states and finished units."""
+    try:
+        import optuna
+
+        from .search import storage
+        info = _study_info(study)
+        ost = storage(info["optuna_storage"])
+        t = Table(title=f"study {info['name']}")
+        for c in ("cell", "trials", "complete", "pruned", "fail", "running", "best val"):
+            t.add_column(c, justify="left" if c == "cell" else "right")
+        for s in optuna.get_all_study_summaries(ost):
+            if not s.study_name.startswith(info["name"] + "/"):
+                continue
+            trials = optuna.load_study(study_name=s.study_name, storage=ost).get_trials(deepcopy=False)
+            by = {}
+            for tr in trials:
+                by[tr.state.name] = by.get(tr.state.name, 0) + 1
+            best = min((tr.value for tr in trials if tr.value is not None), default=None)
+            t.add_row(s.study_name.split("/", 1)[1], str(len(trials)), str(by.get("COMPLETE", 0)),
+                      str(by.get("PRUNED", 0)), str(by.get("FAIL", 0)), str(by.get("RUNNING", 0)),
+                      "—" if best is None else f"{best:.4g}")
+        out.print(t)
+        done = len(list((Path(info["study_dir"]) / "units").glob("*.done.json")))
+        out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}")
+    except DlorError as e:
+        _fail(e)
+
+
+def main():  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,307 @@
+"""Model families as *stacked* functional networks with exact parameter counts.
+
+Why functional and stacked: the unit of execution is a cohort of K members that share
+one `Shape`. Every parameter is a tensor with a leading member axis ``[K, ...]`` so one
+batched matmul serves the whole cohort. A `Shape` fully determines the tensor layout;
+`count_params` gives the closed-form count, which tests check against ``numel``.
+
+Layer kinds (math on row vectors, ``h`` is ``[B, n_in]``):
+
+* ``dense``   ``y = h W + b``                      W ``[n_in, n_out]``
+* ``lowrank`` ``y = (h V) U + b``                  V ``[n_in, r]``, U ``[r, n_out]``
+* ``dlor``    ``y = d ⊙ h + (h V) U + b``          square only; d from the diagonal variant
+
+Families (``width`` n, ``depth`` L hidden→hidden layers, activation after every layer
+but the last):
+
+* ``dense``      in → L × dense(n, n) → out
+* ``lowrank``    in → L × lowrank(n, n, r) → out
+* ``rank1``      ``lowrank`` with r = 1
+* ``dlor_deep``  in → L × dlor(n, r, diag) → out       (multiplicative depth: L grows)
+* ``dlor_wide``  in → L × [diag + Σ_k U_k V_kᵀ] → out  (additive width: K branches of
+  rank r, i.e. rank K·r, grows with K at fixed L)
+
+Diagonal variants: ``scalar`` (αI, 1 parameter), ``full`` (diag(d), n), ``sparse:s``
+(s learned entries at evenly spaced positions), ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+FAMILIES = ("dense", "lowrank", "rank1", "dlor_deep", "dlor_wide")
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "softplus", "sigmoid")
+IO_KINDS = ("auto", "dense", "lowrank")
+
+
+def activation_fn(name: str):
+    """The torch function for an activation name (one place, so names stay in sync)."""
+    fns = {
+        "tanh": torch.tanh,
+        "relu": torch.relu,
+        "gelu": torch.nn.functional.gelu,
+        "silu": torch.nn.functional.silu,
+        "softplus": torch.nn.functional.softplus,
+        "sigmoid": torch.sigmoid,
+    }
+    if name not in fns:
+        raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+    return fns[name]
+
+
+def parse_diag(diag: str) -> tuple[str, int]:
+    """``'sparse:4'`` → ``('sparse', 4)``; other variants carry s = 0."""
+    if diag in ("scalar", "full", "none"):
+        return diag, 0
+    if diag.startswith("sparse:"):
+        try:
+            s = int(diag.split(":", 1)[1])
+        except ValueError:
+            s = 0
+        if s >= 1:
+            return "sparse", s
+    raise ValueError(f"unknown diagonal {diag!r}; allowed: scalar, full, none, sparse:<s≥1>")
+
+
+def diag_count(diag: str, n: int) -> int:
+    kind, s = parse_diag(diag)
+    return {"scalar": 1, "full": n, "none": 0, "sparse": min(s, n)}[kind]
+
+
+def sparse_positions(s: int, n: int) -> torch.Tensor:
+    """Evenly spaced diagonal positions for ``sparse:s`` (fixed, not learned)."""
+    s = min(s, n)
+    return torch.tensor([(i * n) // s for i in range(s)], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One affine map of a network, before its activation."""
+
+    kind: str  # dense | lowrank | dlor
+    n_in: int
+    n_out: int
+    rank: int = 0
+    diag: str = "none"
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-member parameter shapes, in a fixed order (init and flattening rely on it)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.kind == "dense":
+            shapes["W"] = (self.n_in, self.n_out)
+        else:
+            shapes["V"] = (self.n_in, self.rank)
+            shapes["U"] = (self.rank, self.n_out)
+            if self.kind == "dlor":
+                nd = diag_count(self.diag, self.n_in)
+                if nd:
+                    shapes["d"] = (nd,)
+        shapes["b"] = (self.n_out,)
+        return shapes
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Exact trainable-parameter breakdown of one member."""
+
+    total: int
+    dense: int
+    lowrank: int
+    diag: int
+    bias: int
+
+    def as_params(self) -> dict[str, int]:
+        return {f"n_params_{k}": v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Everything that fixes a member's tensor layout (cohort members share one Shape)."""
+
+    family: str
+    d_in: int
+    d_out: int
+    width: int
+    depth: int
+    rank: int = 1
+    branches: int = 1
+    diag: str = "none"
+    activation: str = "tanh"
+    io: str = "auto"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; allowed: {', '.join(FAMILIES)}")
+        if self.io not in IO_KINDS:
+            raise ValueError(f"unknown io {self.io!r}; allowed: {', '.join(IO_KINDS)}")
+        activation_fn(self.activation)
+        parse_diag(self.diag)
+        for name in ("d_in", "d_out", "width", "rank", "branches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.depth < 0:
+            raise ValueError(f"depth must be ≥ 0, got {self.depth}")
+        if self.family == "rank1" and self.rank != 1:
+            object.__setattr__(self, "rank", 1)
+
+    @property
+    def io_kind(self) -> str:
+        """Input/output layer kind: lowrank for the pure low-rank families, else dense."""
+        if self.io != "auto":
+            return self.io
+        return "lowrank" if self.family in ("lowrank", "rank1") else "dense"
+
+    def layers(self) -> list[Layer]:
+        n, r = self.width, self.rank
+        io = self.io_kind
+        first = Layer("dense", self.d_in, n) if io == "dense" else Layer("lowrank", self.d_in, n, r)
+        if self.family == "dense":
+            hidden = Layer("dense", n, n)
+        elif self.family in ("lowrank", "rank1"):
+            hidden = Layer("lowrank", n, n, r)
+        elif self.family == "dlor_deep":
+            hidden = Layer("dlor", n, n, r, self.diag)
+        else:  # dlor_wide: K parallel rank-r branches summed = one rank-K·r factor pair
+            hidden = Layer("dlor", n, n, r * self.branches, self.diag)
+        last = Layer("dense", n, self.d_out) if io == "dense" else Layer("lowrank", n, self.d_out, r)
+        return [first, *([hidden] * self.depth), last]
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for i, layer in enumerate(self.layers()):
+            for name, shp in layer.tensor_shapes().items():
+                out[f"l{i}.{name}"] = shp
+        return out
+
+    def describe(self) -> dict:
+        """Flat dict for logging (MLflow params, plan tables)."""
+        return {
+            "family": self.family, "d_in": self.d_in, "d_out": self.d_out,
+            "width": self.width, "depth": self.depth, "rank": self.rank,
+            "branches": self.branches, "diag": self.diag,
+            "activation": self.activation, "io": self.io_kind,
+        }
+
+    def label(self) -> str:
+        return f"{self.family}-w{self.width}-L{self.depth}-r{self.rank}-K{self.branches}-{self.diag}"
+
+    def with_(self, **kw) -> "Shape":
+        return replace(self, **kw)
+
+
+def count_params(shape: Shape) -> Counts:
+    """Closed-form parameter count (never instantiates tensors)."""
+    dense = lowrank = diag = bias = 0
+    for layer in shape.layers():
+        bias += layer.n_out
+        if layer.kind == "dense":
+            dense += layer.n_in * layer.n_out
+        else:
+            lowrank += layer.rank * (layer.n_in + layer.n_out)
+            if layer.kind == "dlor":
+                diag += diag_count(layer.diag, layer.n_in)
+    return Counts(dense + lowrank + diag + bias, dense, lowrank, diag, bias)
+
+
+# ----------------------------------------------------------------------------- init
+
+def init_member(shape: Shape, seed: int, init_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """One member's float32 parameters, a pure function of (shape, seed, init_scale).
+
+    Drawn on the CPU from a private generator so a member's weights do not depend on
+    which cohort slot or device it lands in (this is what makes refill exact).
+    Scales keep activations O(1): dense/V ~ N(0, 1/n_in); U ~ N(0, 1/r)·scale so the
+    low-rank path has variance ≈ scale²; diagonals start at 1 (identity, residual-like)
+    and biases at 0.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    out: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(shape.layers()):
+        for name, shp in layer.tensor_shapes().items():
+            key = f"l{i}.{name}"
+            if name == "W":
+                t = torch.randn(shp, generator=g) * (init_scale / math.sqrt(layer.n_in))
+            elif name == "V":
+                t = torch.randn(shp, generator=g) / math.sqrt(layer.n_in)
+            elif name == "U":
+                t = torch.randn(shp, generator=g) * (init_scale / math.sqrt(layer.rank))
+            elif name == "d":
+                t = torch.ones(shp)
+            else:
+                t = torch.zeros(shp)
+            out[key] = t
+    return out
+
+
+# ----------------------------------------------------------------------------- forward
+
+def _diag_full(layer: Layer, d: torch.Tensor) -> torch.Tensor:
+    """Expand a [K, nd] diagonal parameter to the [K, 1, n] multiplier of h."""
+    kind, s = parse_diag(layer.diag)
+    if kind == "scalar":
+        return d.unsqueeze(1)  # [K,1,1] broadcasts over n
+    if kind == "full":
+        return d.unsqueeze(1)
+    pos = sparse_positions(s, layer.n_in).to(d.device)
+    full = d.new_zeros(d.shape[0], layer.n_in)
+    full = full.index_copy(1, pos, d)
+    return full.unsqueeze(1)
+
+
+def forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Stacked forward: params ``[K, ...]``, x ``[K, B, d_in]`` or shared ``[B, d_in]``.
+
+    Returns ``[K, B, d_out]``. Members never mix: every op is batched over K.
+    """
+    layers = shape.layers()
+    act = activation_fn(shape.activation)
+    K = next(iter(params.values())).shape[0]
+    h = x if x.dim() == 3 else x.unsqueeze(0).expand(K, *x.shape)
+    for i, layer in enumerate(layers):
+        b = params[f"l{i}.b"].unsqueeze(1)
+        if layer.kind == "dense":
+            z = torch.baddbmm(b, h, params[f"l{i}.W"])
+        else:
+            t = torch.bmm(h, params[f"l{i}.V"])
+            z = torch.baddbmm(b, t, params[f"l{i}.U"])
+            if layer.kind == "dlor" and f"l{i}.d" in params:
+                z = torch.addcmul(z, _diag_full(layer, params[f"l{i}.d"]), h)
+        h = act(z) if i < len(layers) - 1 else z
+    return h
+
+
+class Member(nn.Module):
+    """A single network as a plain ``nn.Module`` (for reference training and export).
+
+    Written with ordinary (unbatched) ops on purpose: the cohort equivalence test
+    trains this with ``torch.optim.AdamW`` and compares against the stacked trainer.
+    """
+
+    def __init__(self, shape: Shape, params: dict[str, torch.Tensor]):
+        super().__init__()
+        self.shape = shape
+        self.names = list(shape.tensor_shapes())
+        self.p = nn.ParameterList([nn.Parameter(params[k].detach().clone()) for k in self.names])
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.named_tensors()
+        layers = self.shape.layers()
+        act = activation_fn(self.shape.activation)
+        h = x
+        for i, layer in enumerate(layers):
+            if layer.kind == "dense":
+                z = h @ p[f"l{i}.W"] + p[f"l{i}.b"]
+            else:
+                z = (h @ p[f"l{i}.V"]) @ p[f"l{i}.U"] + p[f"l{i}.b"]
+                if layer.kind == "dlor" and f"l{i}.d" in p:
+                    z = z + _diag_full(layer, p[f"l{i}.d"].unsqueeze(0))[0] * h
+            h = act(z) if i < len(layers) - 1 else z
+        return h

@@ -1,0 +1,234 @@
+"""MLflow records for a study: batched, idempotent, buffered.
+
+Why not Ray's ``MLflowLoggerCallback``: it commits one row per metric and keeps its
+trial→run map in memory, so studies of thousands of small members are slow and
+restores duplicate runs. Here every run has a deterministic key (tag ``dlor.key``):
+
+* runs are **get-or-create** by key, so a retried create finds the first one;
+* a member's whole record (params, tags, curves, finals) goes out in a few
+  ``log_batch`` calls; on a retry only the (key, step) points MLflow lacks are sent;
+* writes that fail (server down) are retried with backoff, then parked in an on-disk
+  outbox and replayed later, so nothing is lost.
+
+Layout: one experiment per study; a ``kind=study`` parent run, a ``kind=cell`` child
+per (family, budget), a ``kind=member`` grandchild per member, ``kind=fit`` runs for fits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+
+
+def code_version() -> str:
+    """Package version plus git commit when run from a checkout (for the run tag)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except Exception:
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _retry(fn: Callable, *, attempts: int = 6, base_delay: float = 0.5, what: str = "mlflow call"):
+    """Call fn, retrying transient failures with exponential backoff (server restarts)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - any transport/server error is retryable here
+            if i == attempts - 1:
+                raise
+            delay = base_delay * 2**i
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+
+
+class Tracker:
+    """All MLflow writes and reads of one study go through here."""
+
+    def __init__(self, tracking_uri: str, experiment: str, *, outbox: Path | None = None,
+                 attempts: int = 6):
+        self.uri = tracking_uri
+        self.experiment_name = experiment
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.outbox = Path(outbox) if outbox else None
+        self.attempts = attempts
+        self._exp_id: str | None = None
+
+    # ------------------------------------------------------------------ runs
+    @property
+    def experiment_id(self) -> str:
+        if self._exp_id is None:
+            def get_or_create():
+                exp = self.client.get_experiment_by_name(self.experiment_name)
+                if exp is not None:
+                    return exp.experiment_id
+                try:
+                    return self.client.create_experiment(self.experiment_name)
+                except Exception:
+                    exp = self.client.get_experiment_by_name(self.experiment_name)
+                    if exp is None:
+                        raise
+                    return exp.experiment_id
+            self._exp_id = _retry(get_or_create, attempts=self.attempts, what="get/create experiment")
+        return self._exp_id
+
+    def find_run(self, key: str):
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`dlor.key` = '{key}'", max_results=2,
+        ), attempts=self.attempts, what="search run")
+        if len(runs) > 1:
+            log.warning("more than one run has key %s; using the oldest", key)
+            runs = sorted(runs, key=lambda r: r.info.start_time)
+        return runs[0] if runs else None
+
+    def get_or_create_run(self, key: str, *, name: str, kind: str, parent_id: str | None = None,
+                          tags: dict | None = None) -> str:
+        """Run id for `key`, creating the run only if no run carries that key."""
+        existing = self.find_run(key)
+        if existing is not None:
+            return existing.info.run_id
+        all_tags = {"dlor.key": key, "kind": kind, **{k: str(v) for k, v in (tags or {}).items()}}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags),
+                     attempts=self.attempts, what="create run")
+        return run.info.run_id
+
+    # ------------------------------------------------------------------ writes
+    def log_batch(self, run_id: str, *, params: dict | None = None, tags: dict | None = None,
+                  metrics: Iterable[tuple[str, float, int]] = ()) -> None:
+        """Chunked log_batch: params/tags once, metrics as (key, value, step)."""
+        ts = int(time.time() * 1000)
+        p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        m = [Metric(k, float(v), ts, int(s)) for k, v, s in metrics if _finite(v)]
+        while p or t or m:
+            cp, p = p[:MAX_PARAMS], p[MAX_PARAMS:]
+            ct, t = t[:MAX_TAGS], t[MAX_TAGS:]
+            room = MAX_METRICS - len(cp) - len(ct)
+            cm, m = m[:room], m[room:]
+            _retry(lambda: self.client.log_batch(run_id, metrics=cm, params=cp, tags=ct),
+                   attempts=self.attempts, what="log_batch")
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(run_id, status), attempts=self.attempts,
+               what="set_terminated")
+
+    def missing_points(self, run_id: str, key: str, points: list[tuple[int, float]]):
+        """Drop points whose step MLflow already holds (idempotent re-send)."""
+        have = {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, key),
+                                       attempts=self.attempts, what="metric history")}
+        return [(s, v) for s, v in points if s not in have]
+
+    def record_run(self, key: str, *, name: str, kind: str, parent_id: str | None,
+                   params: dict, tags: dict, curves: dict[str, list[tuple[int, float]]],
+                   finals: dict[str, float], status: str = "FINISHED") -> str:
+        """Write one complete run exactly once (safe to call again after a crash)."""
+        existing = self.find_run(key)
+        if existing is not None and existing.data.tags.get("dlor.complete") == "1":
+            return existing.info.run_id
+        if existing is None:
+            run_id = self.get_or_create_run(key, name=name, kind=kind, parent_id=parent_id, tags=tags)
+            fresh = True
+        else:
+            run_id, fresh = existing.info.run_id, False
+        metrics = []
+        for mkey, pts in curves.items():
+            if not fresh:
+                pts = self.missing_points(run_id, mkey, pts)
+            metrics += [(mkey, v, s) for s, v in pts]
+        for mkey, v in finals.items():
+            if fresh or mkey not in existing.data.metrics:
+                metrics.append((mkey, v, 0))
+        self.log_batch(run_id, params=params if fresh else _new_params(existing, params),
+                       tags=tags, metrics=metrics)
+        self.log_batch(run_id, tags={"dlor.complete": "1"})
+        self.finish(run_id, status)
+        return run_id
+
+    # ------------------------------------------------------------------ outbox
+    def record_or_park(self, record: dict) -> str | None:
+        """`record_run(**record)`; if MLflow stays down, park it in the outbox file."""
+        try:
+            return self.record_run(**record)
+        except Exception as exc:  # noqa: BLE001
+            if self.outbox is None:
+                raise
+            self.outbox.mkdir(parents=True, exist_ok=True)
+            path = self.outbox / (_safe_name(record["key"]) + ".json")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+            log.warning("MLflow unavailable (%s); parked %s in %s", exc, record["key"], path)
+            return None
+
+    def flush_outbox(self) -> int:
+        """Replay parked records; returns how many are still parked."""
+        if self.outbox is None or not self.outbox.exists():
+            return 0
+        left = 0
+        for path in sorted(self.outbox.glob("*.json")):
+            try:
+                self.record_run(**json.loads(path.read_text()))
+                path.unlink()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("still cannot write %s: %s", path.name, exc)
+                left += 1
+        return left
+
+    # ------------------------------------------------------------------ reads
+    def runs(self, kind: str | None = None, extra_filter: str = "") -> list:
+        """All runs of the study (paged), optionally of one kind."""
+        filt = []
+        if kind:
+            filt.append(f"tags.kind = '{kind}'")
+        if extra_filter:
+            filt.append(extra_filter)
+        out, token = [], None
+        while True:
+            page = _retry(lambda: self.client.search_runs(
+                [self.experiment_id], filter_string=" and ".join(filt), max_results=1000, page_token=token,
+            ), attempts=self.attempts, what="search runs")
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return s[:6000]
+
+
+def _new_params(existing, params: dict) -> dict:
+    """MLflow params are immutable: only send the ones the run lacks."""
+    return {k: v for k, v in params.items() if k not in existing.data.params}
+
+
+def _safe_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in key)

@@ -1,0 +1,268 @@
+"""Ray Tune driver: one Tune trial per cohort unit, two phases, resumable.
+
+Why this shape: Tune is good at placing work on a cluster (resources, fractional
+GPUs, retries), bad at thousands of tiny trials. So a Tune trial is a whole cohort
+(one (cell, shape) of the plan); Optuna sampling and pruning happen inside it,
+per cell, against the shared Optuna storage (see `search`), and MLflow writes are
+batched and keyed (see `tracking`).
+
+Phases: **search** (Optuna-driven members, pruned) then, if the spec asks,
+**confirm** (each cell's top-k configs retrained unpruned with several seeds).
+Resume is by construction: finished units leave a marker, running ones a
+checkpoint, and relaunching the same study simply runs what is not done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DlorError, SpecError
+from .plan import Plan, make_plan
+from .tracking import Tracker, code_version
+from .worker import UnitFiles, unit_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchResult:
+    study_dir: Path
+    tracking_uri: str
+    optuna_storage: str
+    units: int
+    counts: dict = field(default_factory=dict)
+    failed_units: list = field(default_factory=list)
+    fit: object | None = None
+
+
+# ----------------------------------------------------------------------------- context
+
+def build_context(study, plan: Plan, source: str, *, threads: int) -> dict:
+    """Everything a worker needs, as plain data (shipped once via Tune's object store)."""
+    study_dir = study.study_dir()
+    return {
+        "name": study.name, "spec": study.model_dump(mode="json"), "source": source,
+        "base_dir": str(Path(source).resolve().parent) if source and Path(source).exists() else str(Path.cwd()),
+        "study_dir": str(study_dir), "spec_hash": study.spec_hash(), "code_version": code_version(),
+        "tracking_uri": study.resolved_tracking_uri(), "optuna_storage": study.resolved_optuna_storage(),
+        "search_space": {k: v for k, v in study.search_space.items()},
+        "epochs": study.epochs, "batch_size": study.batch_size, "report_every": study.report_every,
+        "metric": study.metric, "threshold": study.threshold, "seed": study.seed,
+        "device": _device(study), "compile": study.compile, "precision": study.precision,
+        "checkpoint_every": study.checkpoint_every, "threads": threads, "cell_runs": {},
+    }
+
+
+def _device(study) -> str:
+    if study.device != "auto":
+        return study.device
+    return "cuda" if (study.resources.gpu or 0) > 0 else "cpu"
+
+
+def search_units(study, plan: Plan) -> list[dict]:
+    units = []
+    for cell in plan.cells:
+        for i, sp in enumerate(cell.shapes):
+            units.append(unit_dict(
+                id=f"search/{cell.key}/{i}", phase="search", cell=cell.key, label=cell.label,
+                family=cell.family, budget=cell.budget, shape=sp.shape, quota=sp.trials,
+                slots=sp.cohort_size, optuna_study=cell.optuna_study_name(study.name),
+                cost=sp.n_params * sp.trials,
+            ))
+    return sorted(units, key=lambda u: -u["cost"])  # longest first: shorter tail
+
+
+def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
+    """Top-k COMPLETE trials of each cell (by best val), retrained with `seeds` seeds."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from .search import member_seed, member_spec
+    if study.confirm is None:
+        return []
+    units = []
+    for cell in plan.cells:
+        ost = optuna.load_study(study_name=cell.optuna_study_name(study.name), storage=ostorage)
+        done = [t for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+        best = sorted(done, key=lambda t: t.value)[: study.confirm.top_k]
+        by_shape: dict[int, list] = {}
+        for t in best:
+            shape_idx = int(t.user_attrs["unit"].rsplit("/", 1)[1])
+            for s in range(study.confirm.seeds):
+                params = dict(t.params)
+                params.update({k: v for k, v in study.search_space.items() if isinstance(v, (int, float))})
+                params["confirm_of"] = t.number
+                m = member_spec(f"{cell.key}/c{t.number}s{s}", member_seed(study.seed, cell.key, t.number, s + 1),
+                                params)
+                by_shape.setdefault(shape_idx, []).append(m.__dict__ | {"extra": dict(m.extra)})
+        for shape_idx, members in sorted(by_shape.items()):
+            sp = cell.shapes[shape_idx]
+            units.append(unit_dict(
+                id=f"confirm/{cell.key}/{shape_idx}", phase="confirm", cell=cell.key, label=cell.label,
+                family=cell.family, budget=cell.budget, shape=sp.shape, members=members,
+                slots=min(len(members), max(sp.cohort_size, 1)), optuna_study=cell.optuna_study_name(study.name),
+                cost=sp.n_params * len(members),
+            ))
+    return sorted(units, key=lambda u: -u["cost"])
+
+
+# ----------------------------------------------------------------------------- stores
+
+def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
+    """Create (or find) the experiment, the study/cell runs and the per-cell Optuna studies."""
+    import optuna
+
+    from .search import storage
+    study_dir = Path(ctx["study_dir"])
+    marker = study_dir / "study.json"
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old.get("spec_hash") != ctx["spec_hash"]:
+            raise SpecError(
+                f"{ctx['source']}: study {study.name!r} already exists in {study_dir} with a different "
+                f"spec (hash {old.get('spec_hash')} ≠ {ctx['spec_hash']}); rename the study or remove the folder"
+            )
+    study_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
+                                  "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
+                                  "spec": ctx["spec"]}, indent=1))
+    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox")
+    parent = tracker.get_or_create_run(study.name, name=study.name, kind="study",
+                                       tags={"dlor.study": study.name, "spec_hash": ctx["spec_hash"],
+                                             "code_version": ctx["code_version"]})
+    existing = tracker.find_run(study.name)
+    if not existing.data.params:
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ctx["spec"].items()}
+        tracker.log_batch(parent, params=flat)
+    ctx["study_run"] = parent
+    ost = storage(ctx["optuna_storage"])
+    for cell in plan.cells:
+        ctx["cell_runs"][cell.key] = tracker.get_or_create_run(
+            f"{study.name}/{cell.key}", name=cell.key, kind="cell", parent_id=parent,
+            tags={"dlor.study": study.name, "dlor.cell": cell.key, "dlor.family": cell.family,
+                  "dlor.label": cell.label, "dlor.budget": cell.budget})
+        optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
+                            direction="minimize", load_if_exists=True)
+    return tracker
+
+
+# ----------------------------------------------------------------------------- ray
+
+def _init_ray(address: str | None, study_dir: Path, cpus: float | None):
+    import ray
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # Unix socket paths are limited to ~107 bytes: keep Ray's temp dir short.
+        tmp = Path(tempfile.gettempdir()) / f"dlor-ray-{os.getpid()}"
+        ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
+                 configure_logging=False)
+    return True
+
+
+def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> list[str]:
+    """Run units as Tune trials; returns the ids of units that failed for good."""
+    import ray
+    from ray import tune
+
+    from .worker import run_unit
+
+    if not units:
+        return []
+    ctx_ref = ray.put(ctx)
+    by_id = {u["id"]: u for u in units}
+
+    def trainable(config):
+        c = ray.get(ctx_ref) if isinstance(ctx_ref, ray.ObjectRef) else ctx_ref
+        out = run_unit(c, by_id[config["unit"]], report=tune.report)
+        tune.report({**out, "done": True})
+
+    res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu or 0}
+    storage_path = Path(ctx["study_dir"]) / "tune"
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, res),
+        param_space={"unit": tune.grid_search([u["id"] for u in units])},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=None),
+        run_config=tune.RunConfig(
+            name=f"{phase}-{int(time.time())}", storage_path=str(storage_path), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[progress.tune_callback()] if progress else [],
+        ),
+    )
+    results = tuner.fit()
+    failed = []
+    for r in results:
+        if r.error is not None:
+            failed.append(r.config["unit"])
+            log.error("unit %s failed: %s", r.config["unit"], r.error)
+    return failed
+
+
+# ----------------------------------------------------------------------------- launch
+
+def launch(study, source: str, *, address: str | None = None, progress=None, fit: bool = True,
+           cpus: float | None = None) -> LaunchResult:
+    """Run (or continue) a study end to end. Relaunching continues where it stopped."""
+    from .search import storage
+
+    plan = make_plan(study)
+    address = address or study.ray_address or os.environ.get("RAY_ADDRESS") or None
+    threads = max(1, int(study.resources.cpu))
+    ctx = build_context(study, plan, source, threads=threads)
+    tracker = prepare_stores(study, plan, ctx, resume=True)
+    study_dir = Path(ctx["study_dir"])
+    started_ray = _init_ray(address, study_dir, cpus)
+    try:
+        units = search_units(study, plan)
+        if progress:
+            progress.start(plan, units, study)
+        todo = [u for u in units if not UnitFiles(study_dir, u["id"]).done.exists()]
+        if progress:
+            progress.mark_done([u for u in units if u not in todo], study_dir)
+        failed = _run_phase(todo, ctx, study, "search", progress)
+        if failed:
+            raise DlorError(f"{len(failed)} search unit(s) failed: {', '.join(failed)}; "
+                            f"fix the cause and relaunch to continue")
+        cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
+        if progress and cunits:
+            progress.add_phase(cunits)
+        ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).done.exists()]
+        failed = _run_phase(ctodo, ctx, study, "confirm", progress)
+        if failed:
+            raise DlorError(f"{len(failed)} confirmation unit(s) failed: {', '.join(failed)}")
+        left = tracker.flush_outbox()
+        if left:
+            raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
+    finally:
+        if progress:
+            progress.stop()
+        if started_ray:
+            import ray
+            ray.shutdown()
+    result = LaunchResult(study_dir, ctx["tracking_uri"], ctx["optuna_storage"], len(units) + len(cunits))
+    if fit:
+        result.fit = _fit_study(study, tracker)
+    tracker.finish(ctx["study_run"])
+    return result
+
+
+def _fit_study(study, tracker):
+    """Fit scaling laws at the end of a launch (skipped quietly if too few points)."""
+    try:
+        from .analysis import fit_and_record
+    except ImportError:
+        return None
+    return fit_and_record(study.name, tracker)

@@ -1,0 +1,208 @@
+"""The body of one Ray Tune trial: train one cohort unit and record its members.
+
+A *unit* is one (cell, shape) of the search phase, or one (cell, shape) group of
+confirmation runs. It is resumable on its own: progress lives in the study's
+storage (Optuna trials, a ledger of finished confirmation members, an atomic cohort
+checkpoint file), never only in this process, so a retried or relaunched unit
+continues where the last attempt stopped and trains nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .cohort import Cohort, MemberResult, MemberSpec
+from .models import Shape, count_params
+from .tracking import Tracker, code_version
+
+_DATA_CACHE: dict[str, object] = {}
+
+
+def safe(unit_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in unit_id)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class UnitFiles:
+    """Where a unit keeps its resumable state inside the study directory."""
+
+    def __init__(self, study_dir: Path, unit_id: str):
+        name = safe(unit_id)
+        self.done = study_dir / "units" / f"{name}.done.json"
+        self.checkpoint = study_dir / "checkpoints" / f"{name}.pt"
+        self.ledger = study_dir / "ledger" / f"{name}.jsonl"
+
+    def finished_keys(self) -> set[str]:
+        if not self.ledger.exists():
+            return set()
+        return {json.loads(line)["key"] for line in self.ledger.read_text().splitlines() if line.strip()}
+
+    def append_ledger(self, key: str, state: str) -> None:
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger, "a") as f:
+            f.write(json.dumps({"key": key, "state": state}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_checkpoint(self, state: dict) -> None:
+        import io
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint, buf.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint.exists():
+            return None
+        return torch.load(self.checkpoint, weights_only=False)
+
+
+def dataset_for(study, base_dir: Path):
+    """Build the study's dataset once per worker process (actors are reused)."""
+    from .targets import make_dataset
+    key = study.spec_hash()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = make_dataset(study.target, base_dir)
+    return _DATA_CACHE[key]
+
+
+def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
+                  optuna_trial: int | None, settings: dict) -> dict:
+    """Everything MLflow keeps about one member, keyed for exactly-once writes."""
+    spec: MemberSpec = result.spec
+    counts = count_params(shape)
+    params = {
+        "lr": spec.lr, "weight_decay": spec.weight_decay, "init_scale": spec.init_scale,
+        "beta1": spec.beta1, "beta2": spec.beta2, **{f"hp_{k}": v for k, v in spec.extra.items()},
+        "label": unit["label"], "budget": unit["budget"], "seed": spec.seed,
+        **shape.describe(), **counts.as_params(),
+        "epochs": ctx["epochs"], "batch_size": ctx["batch_size"], "report_every": ctx["report_every"],
+        "metric": ctx["metric"], "threshold": ctx["threshold"],
+        **{f"train_{k}": v for k, v in settings.items()},
+    }
+    tags = {
+        "state": result.state, "dlor.study": ctx["name"], "dlor.cell": unit["cell"],
+        "dlor.family": shape.family, "dlor.label": unit["label"], "dlor.budget": unit["budget"],
+        "dlor.phase": unit["phase"], "dlor.unit": unit["id"], "cohort_id": unit["id"],
+        "spec_hash": ctx["spec_hash"], "code_version": ctx["code_version"], "dlor.seed": spec.seed,
+        "optuna.study": unit["optuna_study"],
+    }
+    if optuna_trial is not None:
+        tags["optuna.trial"] = optuna_trial
+    if "confirm_of" in spec.extra:
+        tags["dlor.confirm_of"] = spec.extra["confirm_of"]
+    finals = {"test_error": result.test_error, "best_val": result.best_val,
+              "wall_time_s": result.wall_time_s, "epochs_trained": result.epochs}
+    if result.epochs_to_threshold is not None:
+        finals["epochs_to_threshold"] = result.epochs_to_threshold
+    return {
+        "key": f"{ctx['name']}/{result.key}", "name": result.key.replace("/", " "), "kind": "member",
+        "parent_id": ctx["cell_runs"][unit["cell"]], "params": params, "tags": tags,
+        "curves": {"train_loss": list(result.train_loss), "val_error": list(result.val_error)},
+        "finals": finals, "status": "FINISHED" if result.state in ("completed", "pruned") else "FAILED",
+    }
+
+
+def run_unit(ctx: dict, unit: dict, report=None) -> dict:
+    """Train one unit to completion (resuming if needed); returns its state counts.
+
+    `report(dict)` receives progress after every finished member (Tune's report when
+    run under Ray; None when called directly, e.g. in tests).
+    """
+    import optuna
+
+    from .search import FixedSource, OptunaSource, storage
+    from .spec import parse_study
+
+    study = parse_study(ctx["spec"], ctx["source"])
+    study_dir = Path(ctx["study_dir"])
+    files = UnitFiles(study_dir, unit["id"])
+    if files.done.exists():
+        return json.loads(files.done.read_text())
+    torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
+    data = dataset_for(study, Path(ctx["base_dir"]))
+    shape = Shape(**unit["shape"])
+    tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=study_dir / "outbox")
+    tracker.flush_outbox()
+    resume = files.load_checkpoint()
+    in_flight_keys = set(resume["members"]) if resume else set()
+    settings: dict = {}
+    t0 = time.time()
+    progress = {"unit": unit["id"], "cell": unit["cell"], "completed": 0, "pruned": 0,
+                "diverged": 0, "failed": 0}
+
+    def publish(result: MemberResult):
+        progress[result.state] = progress.get(result.state, 0) + 1
+        if report is not None:
+            report({**progress, "elapsed_s": time.time() - t0, "done": False})
+
+    if unit["phase"] == "search":
+        ostudy = optuna.load_study(
+            study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]),
+            sampler=_sampler(study, unit), pruner=_pruner(study),
+        )
+
+        def on_result(result: MemberResult, frozen):
+            tracker.record_or_park(member_record(ctx, unit, shape, result,
+                                                 optuna_trial=frozen.number, settings=settings))
+            publish(result)
+
+        in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
+        source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=ctx["search_space"],
+                              quota=unit["quota"], base_seed=ctx["seed"], in_flight=in_flight,
+                              on_result=on_result)
+    else:
+        members = [MemberSpec(**m) for m in unit["members"]]
+
+        def on_result(result: MemberResult):
+            tracker.record_or_park(member_record(ctx, unit, shape, result, optuna_trial=None,
+                                                 settings=settings))
+            files.append_ledger(result.key, result.state)
+            publish(result)
+
+        source = FixedSource(members, skip=files.finished_keys() | in_flight_keys, on_result=on_result)
+
+    cohort = Cohort(shape, data, slots=unit["slots"], epochs=ctx["epochs"], report_every=ctx["report_every"],
+                    batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
+                    device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"])
+    settings.update(getattr(cohort, "settings", {}) or {})
+    cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
+               resume=resume)
+    left = tracker.flush_outbox()
+    out = {**progress, "elapsed_s": time.time() - t0, "parked": left}
+    if left == 0:
+        atomic_write_bytes(files.done, json.dumps(out).encode())
+        files.checkpoint.unlink(missing_ok=True)
+    return out
+
+
+def _sampler(study, unit):
+    from .search import make_sampler, member_seed
+    seed = None if study.sampler.seed is None else member_seed(study.sampler.seed, unit["id"], 0)
+    return make_sampler(study.sampler, seed)
+
+
+def _pruner(study):
+    from .search import make_pruner
+    return make_pruner(study.pruner)
+
+
+def unit_dict(**kw) -> dict:
+    """Plain-dict unit description (Tune configs must be serialisable)."""
+    if "shape" in kw and isinstance(kw["shape"], Shape):
+        kw["shape"] = {k: v for k, v in asdict(kw["shape"]).items() if k != "extra"}
+    return kw

@@ -1,0 +1,22 @@
+"""Shared test setup.
+
+`DLOR_STRICT_SKIPS=1` (set by .ci/run) turns every skip into a failure: CI has all
+services (PostgreSQL, Chromium, ...), so a skip there means something went untested.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("DLOR_STRICT_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in strict CI mode: {report.longrepr}"
