@@ -1,0 +1,135 @@
+"""Execution plan: which shapes each cell trains, and how its trials are shared out.
+
+Why a separate, pure step: ``dlor-scale launch --dry-run`` must show a researcher exactly what a
+study will run (shapes, exact parameter counts, how far each is from its budget,
+members and slots per trial) before a single Ray worker starts, and the launcher must
+schedule precisely that. Nothing here touches Ray, Optuna or the disk.
+
+Vocabulary: a *cell* is one (family label, budget); it owns one Optuna study. A cell is
+realised by one or more *shapes* (``shapes_per_cell``); each (cell, shape) pair is one
+Ray Tune trial that trains a packed cohort of members. A *member* is one Optuna trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import budget as budget_solver
+from .models import Counts, Shape, count_params
+from .spec import Study
+
+#: Upper bound for ``cohort_size: auto`` until cohort sizing from GPU memory lands.
+AUTO_COHORT_MAX = 64
+
+
+@dataclass(frozen=True)
+class ShapePlan:
+    """One shape of a cell and its share of the cell's members."""
+
+    shape: Shape
+    n_params: int
+    counts: Counts
+    trials: int  # members Optuna searches on this shape
+    cohort_size: int  # slots: members trained side by side in one cohort
+
+    @property
+    def slots(self) -> int:
+        return self.cohort_size
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (family label, budget) point of the scaling curve."""
+
+    label: str
+    family: str
+    budget: int
+    shapes: tuple[ShapePlan, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}@{self.budget}"
+
+    @property
+    def trials(self) -> int:
+        return sum(s.trials for s in self.shapes)
+
+    def optuna_study_name(self, study_name: str) -> str:
+        """Per-cell Optuna study: pruners must compare like with like (same family, budget)."""
+        return f"{study_name}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: Study
+    cells: tuple[Cell, ...]
+    d_in: int
+    d_out: int
+
+    @property
+    def total_members(self) -> int:
+        """Members searched by Optuna (confirmation re-runs not included)."""
+        return sum(c.trials for c in self.cells)
+
+    @property
+    def confirm_members(self) -> int:
+        """Extra members trained to confirm each cell's best (``top_k × seeds`` per cell)."""
+        conf = self.study.confirm
+        if conf is None:
+            return 0
+        return sum(min(conf.top_k, c.trials) * conf.seeds for c in self.cells)
+
+    @property
+    def total_trials(self) -> int:
+        """Ray Tune trials: one per (cell, shape)."""
+        return sum(len(c.shapes) for c in self.cells)
+
+    def cell(self, key: str) -> Cell:
+        for c in self.cells:
+            if c.key == key:
+                return c
+        raise KeyError(f"no cell {key!r}; cells: {', '.join(c.key for c in self.cells)}")
+
+    def table(self) -> list[dict]:
+        """One row per (cell, shape), for the dry-run table and the study's records."""
+        res = self.study.resources
+        rows = []
+        for c in self.cells:
+            for sp in c.shapes:
+                s = sp.shape
+                rows.append({
+                    "cell": c.key, "family": c.family, "budget": c.budget, "shape": s.label(),
+                    "width": s.width, "depth": s.depth, "rank": s.rank, "branches": s.branches,
+                    "diag": s.diag, "n_params": sp.n_params,
+                    "rel_err": round((sp.n_params - c.budget) / c.budget, 6),
+                    "trials": sp.trials, "slots": sp.cohort_size, "cpu": res.cpu, "gpu": res.gpu,
+                })
+        return rows
+
+
+def split_trials(total: int, parts: int) -> list[int]:
+    """``total`` as evenly as possible over ``parts``; the first parts take the remainder."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def cohort_slots(cohort_size: int | str, trials: int) -> int:
+    """Members trained at once: never more slots than members to train."""
+    cap = AUTO_COHORT_MAX if cohort_size == "auto" else int(cohort_size)
+    return max(1, min(cap, trials))
+
+
+def make_plan(study: Study) -> Plan:
+    """Solve every cell's shapes and share out its trials (deterministic for a spec)."""
+    cells = []
+    n_shapes = min(study.shapes_per_cell, study.trials_per_cell)
+    for label, fam in study.families.items():
+        for b in study.budgets:
+            cands = budget_solver.solve(fam.family, b, limit=n_shapes, **study.solve_kwargs(label))
+            shares = split_trials(study.trials_per_cell, len(cands))
+            shapes = tuple(
+                ShapePlan(c.shape, c.n_params, count_params(c.shape), n, cohort_slots(study.cohort_size, n))
+                for c, n in zip(cands, shares)
+            )
+            cells.append(Cell(label, fam.family, b, shapes))
+    return Plan(study, tuple(cells), study.d_in, study.d_out)

@@ -1,0 +1,128 @@
+"""The execution plan: every cell solved, trials shared out, the table the CLI prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlor_scale.models import count_params
+from dlor_scale.plan import AUTO_COHORT_MAX, Cell, Plan, cohort_slots, make_plan, split_trials
+from dlor_scale.spec import load_study, parse_study
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+ROW_KEYS = {"cell", "family", "budget", "shape", "width", "depth", "rank", "branches", "diag",
+            "n_params", "rel_err", "trials", "slots", "cpu", "gpu"}
+
+
+@pytest.fixture(scope="module")
+def quickstart():
+    return load_study(STUDIES / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def qs_plan(quickstart) -> Plan:
+    return make_plan(quickstart)
+
+
+def quickstart_with(**changes):
+    data = yaml.safe_load((STUDIES / "quickstart.yaml").read_text())
+    data.update(changes)
+    return parse_study(data, "quickstart.yaml")
+
+
+def test_cells_are_families_times_budgets(quickstart, qs_plan):
+    keys = [c.key for c in qs_plan.cells]
+    assert keys == [f"{label}@{b}" for label in quickstart.families for b in quickstart.budgets]
+    assert (qs_plan.d_in, qs_plan.d_out) == (4, 1)
+    c = qs_plan.cells[0]
+    assert c.optuna_study_name("quickstart") == f"quickstart/{c.label}@{c.budget}"
+    assert qs_plan.cell(c.key) is c
+    with pytest.raises(KeyError, match="no cell"):
+        qs_plan.cell("nope@1")
+
+
+def test_every_shape_is_within_tolerance_and_counted_exactly(quickstart, qs_plan):
+    for cell in qs_plan.cells:
+        assert cell.shapes, cell.key
+        for sp in cell.shapes:
+            assert sp.shape.family == cell.family
+            assert (sp.shape.d_in, sp.shape.d_out, sp.shape.activation) == (4, 1, quickstart.activation)
+            assert sp.counts == count_params(sp.shape) and sp.n_params == sp.counts.total
+            assert abs(sp.n_params - cell.budget) <= quickstart.tolerance * cell.budget
+
+
+def test_trials_and_slots(quickstart, qs_plan):
+    for cell in qs_plan.cells:
+        assert cell.trials == sum(sp.trials for sp in cell.shapes) == quickstart.trials_per_cell
+        for sp in cell.shapes:
+            assert sp.slots == sp.cohort_size == min(quickstart.cohort_size, sp.trials)
+    assert qs_plan.total_members == len(qs_plan.cells) * quickstart.trials_per_cell
+    assert qs_plan.total_trials == len(qs_plan.cells)  # one shape per cell
+    conf = quickstart.confirm
+    assert qs_plan.confirm_members == len(qs_plan.cells) * conf.top_k * conf.seeds
+
+
+def test_quickstart_is_small(qs_plan):
+    """Sized for 2 CPU cores in a few minutes: few members, small networks."""
+    assert 150 <= qs_plan.total_members + qs_plan.confirm_members <= 250
+    assert all(sp.shape.width <= 32 for c in qs_plan.cells for sp in c.shapes)
+
+
+def test_table_rows(quickstart, qs_plan):
+    rows = qs_plan.table()
+    assert len(rows) == qs_plan.total_trials
+    for row, (cell, sp) in zip(rows, ((c, sp) for c in qs_plan.cells for sp in c.shapes)):
+        assert set(row) == ROW_KEYS
+        assert row["cell"] == cell.key and row["shape"] == sp.shape.label()
+        assert row["n_params"] == sp.n_params and row["trials"] == sp.trials and row["slots"] == sp.slots
+        assert row["rel_err"] == pytest.approx((sp.n_params - cell.budget) / cell.budget, abs=1e-6)
+        assert abs(row["rel_err"]) <= quickstart.tolerance
+        assert (row["cpu"], row["gpu"]) == (quickstart.resources.cpu, quickstart.resources.gpu)
+
+
+def test_several_shapes_share_a_cell_unevenly_first_first():
+    s = quickstart_with(shapes_per_cell=3)
+    plan = make_plan(s)
+    sizes = []
+    for cell in plan.cells:
+        n = len(cell.shapes)  # fewer than 3 when fewer shapes fit the budget
+        sizes.append(n)
+        assert 1 <= n <= 3 and len({sp.shape for sp in cell.shapes}) == n
+        assert [sp.trials for sp in cell.shapes] == {1: [8], 2: [4, 4], 3: [3, 3, 2]}[n]
+        errs = [round(abs(sp.n_params - cell.budget) / cell.budget, 6) for sp in cell.shapes]
+        assert errs == sorted(errs)  # policy closest: best shape first
+    assert 3 in sizes
+    assert plan.total_trials == sum(sizes)
+    assert plan.total_members == 8 * len(plan.cells)
+
+
+def test_plan_is_deterministic(quickstart, qs_plan):
+    assert make_plan(quickstart) == qs_plan
+
+
+def test_budget_study_plan_uses_auto_cohorts():
+    s = load_study(STUDIES / "budget.yaml")
+    plan = make_plan(s)
+    assert len(plan.cells) == len(s.families) * len(s.budgets)
+    assert all(sp.slots == min(AUTO_COHORT_MAX, sp.trials) for c in plan.cells for sp in c.shapes)
+    assert all(r["gpu"] == 0.25 for r in plan.table())
+
+
+@pytest.mark.parametrize("total, parts, expected", [
+    (8, 1, [8]), (8, 3, [3, 3, 2]), (10, 4, [3, 3, 2, 2]), (3, 3, [1, 1, 1]), (64, 5, [13, 13, 13, 13, 12]),
+])
+def test_split_trials(total, parts, expected):
+    assert split_trials(total, parts) == expected and sum(expected) == total
+
+
+@pytest.mark.parametrize("cohort, trials, slots", [(16, 8, 8), (4, 8, 4), ("auto", 8, 8), ("auto", 500, AUTO_COHORT_MAX)])
+def test_cohort_slots(cohort, trials, slots):
+    assert cohort_slots(cohort, trials) == slots
+
+
+def test_cell_key_format():
+    cell = Cell("deep_full", "dlor_deep", 3000, ())
+    assert cell.key == "deep_full@3000" and cell.trials == 0
+    assert cell.optuna_study_name("budget") == "budget/deep_full@3000"
