@@ -37,9 +37,9 @@ def _load(path: Path):
 def plan_table(plan) -> Table:
     t = Table(title=f"plan: {plan.study.name}", show_lines=False)
     rows = plan.table()
-    cols = ["cell", "shape", "n_params", "rel_err", "trials", "slots", "cpu", "gpu"]
+    cols = ["cell", "width", "depth", "rank", "branches", "diag", "n_params", "rel_err", "trials", "slots"]
     for c in cols:
-        t.add_column(c, justify="left" if c in ("cell", "shape") else "right")
+        t.add_column(c, justify="left" if c in ("cell", "diag") else "right", no_wrap=True)
     for r in rows:
         t.add_row(*(f"{r[c]:.2%}" if c == "rel_err" else str(r[c]) for c in cols))
     return t
@@ -143,6 +143,102 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
         out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}")
     except DlorError as e:
         _fail(e)
+
+
+@app.command()
+def fit(
+    study: str = typer.Argument(..., help="study name, folder, or spec file"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
+    form: str = typer.Option("saturating", help="saturating | power | broken"),
+    n_boot: int = typer.Option(1000, help="bootstrap resamples"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+):
+    """(Re)fit the study's scaling laws and record them as an MLflow fit run."""
+    try:
+        from .analysis import fit_and_record
+        from .records import study_tracker
+        tracker = study_tracker(study, tracking_uri)
+        c = fit_and_record(tracker.experiment_name, tracker, form=form, n_boot=n_boot, seed=seed)
+    except DlorError as e:
+        _fail(e)
+    out.print(_curves_table(c))
+
+
+def _curves_table(c) -> Table:
+    t = Table(title=f"scaling laws: {c.study} ({c.form})")
+    for col in ("family", "points", "alpha [95% CI]", "E", "A", "extrapolation", "flags"):
+        t.add_column(col)
+    for _, r in c.to_pandas().iterrows():
+        t.add_row(r["family"], str(r["n_points"]), f"{r['alpha']:.3f} [{r['alpha_lo']:.3f}, {r['alpha_hi']:.3f}]",
+                  f"{r['E']:.3g}", f"{r['A']:.3g}",
+                  {True: "ok", False: "FAILED", None: "—"}.get(r["extrapolation_ok"], "—"),
+                  "; ".join(r["flags"]))
+    return t
+
+
+@app.command()
+def curves(
+    study: str = typer.Argument(..., help="study name, folder, or spec file"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
+    format: str = typer.Option("table", "--format", help="table | json | parquet"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for --format parquet/json"),
+    predict: list[float] = typer.Option([], "--predict", help="predict the error at P parameters (repeatable)"),
+    n_boot: int = typer.Option(1000, help="bootstrap resamples"),
+):
+    """Fitted scaling curves of a study (and comparisons of every family pair)."""
+    try:
+        from .analysis import comparisons, load_curves
+        c = load_curves(study, tracking_uri, n_boot=n_boot)
+        if format == "json":
+            doc = {**c.to_json(), "comparisons": comparisons(c)}
+            if predict:
+                doc["predictions"] = {f.family: {str(p): _pred(f, p) for p in predict} for f in c}
+            text = json.dumps(doc, indent=1, default=str)
+            output.write_text(text) if output else print(text)
+        elif format == "parquet":
+            import pyarrow.parquet as pq
+            if output is None:
+                raise DlorError("--format parquet needs --output FILE")
+            pq.write_table(c.to_arrow(), output)
+            out.print(f"wrote {output}")
+        elif format == "table":
+            out.print(_curves_table(c))
+            for name, cmp in comparisons(c).items():
+                if "delta_alpha" in cmp:
+                    lo, hi = cmp["delta_alpha_ci"]
+                    out.print(f"{name}: Δα = {cmp['delta_alpha']:.3f} [{lo:.3f}, {hi:.3f}], "
+                              f"P(first steeper) = {cmp['p_a_steeper']:.2f}, crossover = {cmp.get('crossover')}")
+            for p in predict:
+                for f in c:
+                    pr = _pred(f, p)
+                    out.print(f"{f.family} at P={p:g}: {pr['error']:.4g} [{pr['lo']:.4g}, {pr['hi']:.4g}]")
+        else:
+            raise DlorError(f"--format: unknown {format!r}; allowed: table, json, parquet")
+    except DlorError as e:
+        _fail(e)
+
+
+def _pred(f, p: float) -> dict:
+    import numpy as np
+    if f.fit is None:
+        return {"error": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    lo, hi = f.predict_interval(np.array([p]))
+    return {"error": float(f.predict(np.array([p]))[0]), "lo": float(lo[0]), "hi": float(hi[0])}
+
+
+@app.command()
+def export(
+    study: str = typer.Argument(..., help="study name, folder, or spec file"),
+    out_file: Path = typer.Argument(..., help="output .parquet"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
+):
+    """Every member run as one Arrow/Parquet table (params, final metrics, state)."""
+    try:
+        from .analysis import export_runs
+        table = export_runs(study, out_file, tracking_uri)
+    except DlorError as e:
+        _fail(e)
+    out.print(f"wrote {table.num_rows} member runs to {out_file}")
 
 
 def main():  # pragma: no cover - console entry point

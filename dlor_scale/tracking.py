@@ -64,8 +64,9 @@ class Tracker:
     """All MLflow writes and reads of one study go through here."""
 
     def __init__(self, tracking_uri: str, experiment: str, *, outbox: Path | None = None,
-                 attempts: int = 6):
+                 attempts: int = 6, artifact_location: str | None = None):
         self.uri = tracking_uri
+        self.artifact_location = artifact_location
         self.experiment_name = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.outbox = Path(outbox) if outbox else None
@@ -81,7 +82,8 @@ class Tracker:
                 if exp is not None:
                     return exp.experiment_id
                 try:
-                    return self.client.create_experiment(self.experiment_name)
+                    return self.client.create_experiment(self.experiment_name,
+                                                         artifact_location=self.artifact_location)
                 except Exception:
                     exp = self.client.get_experiment_by_name(self.experiment_name)
                     if exp is None:

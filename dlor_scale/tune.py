@@ -135,7 +135,9 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     marker.write_text(json.dumps({"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
                                   "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
                                   "spec": ctx["spec"]}, indent=1))
-    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox")
+    # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
+    art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
+    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
     parent = tracker.get_or_create_run(study.name, name=study.name, kind="study",
                                        tags={"dlor.study": study.name, "spec_hash": ctx["spec_hash"],
                                              "code_version": ctx["code_version"]})

@@ -139,7 +139,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=study_dir / "outbox")
     tracker.flush_outbox()
     resume = files.load_checkpoint()
-    in_flight_keys = set(resume["members"]) if resume else set()
+    in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
     t0 = time.time()
     progress = {"unit": unit["id"], "cell": unit["cell"], "completed": 0, "pruned": 0,

@@ -1,0 +1,100 @@
+"""Scaling laws of a recorded study: MLflow member runs in, a `kind=fit` run out.
+
+Why recompute from runs: the member runs are the source of truth; a fit is a pure
+function of them (plus form, bootstrap size and seed), so the fit run is keyed by a
+hash of its inputs — refitting unchanged data finds the existing run instead of
+piling up duplicates, and new data gives a new, separately browsable fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .curves import Curves, points_from_runs
+from .records import member_runs, study_tracker
+from .tracking import Tracker
+
+
+def load_curves(study: str, tracking_uri: str | None = None, *, form: str = "saturating",
+                n_boot: int = 1000, seed: int = 0) -> Curves:
+    """`dlor_scale.curves(...)`: fitted scaling curves of a study, per family label."""
+    tracker = study_tracker(study, tracking_uri)
+    points = points_from_runs(member_runs(tracker))
+    return Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=tracker.experiment_name)
+
+
+def export_runs(study: str, out: Path, tracking_uri: str | None = None) -> pa.Table:
+    """Every member run as one Parquet file (written atomically)."""
+    table = member_runs(study_tracker(study, tracking_uri))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    return table
+
+
+def comparisons(curves: Curves) -> dict:
+    """Every ordered pair of fitted families (deep vs wide is the headline)."""
+    out = {}
+    fams = [c.family for c in curves if c.fit is not None]
+    for i, a in enumerate(fams):
+        for b in fams[i + 1:]:
+            try:
+                out[f"{a} vs {b}"] = curves.compare(a, b)
+            except Exception as exc:  # noqa: BLE001 - a failed comparison is reported, not fatal
+                out[f"{a} vs {b}"] = {"error": str(exc)}
+    return out
+
+
+def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating", n_boot: int = 1000,
+                   seed: int = 0) -> Curves:
+    """Fit every family and store the fit as an MLflow run with its artifacts."""
+    points = points_from_runs(member_runs(tracker))
+    curves = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=study_name)
+    digest = hashlib.sha256(
+        json.dumps({"points": points.to_pylist(), "form": form, "n_boot": n_boot, "seed": seed},
+                   sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = f"{study_name}/fit/{digest}"
+    existing = tracker.find_run(key)
+    if existing is not None and existing.data.tags.get("dlor.complete") == "1":
+        return curves
+    parent = tracker.find_run(study_name)
+    table = curves.to_pandas()
+    finals = {}
+    for _, row in table.iterrows():
+        fam = row["family"]
+        for k in ("alpha", "alpha_lo", "alpha_hi", "E", "A", "extrapolation_max_rel_err"):
+            finals[f"{fam}.{k}"] = row[k]
+        finals[f"{fam}.extrapolation_ok"] = float(bool(row["extrapolation_ok"]))
+    comps = comparisons(curves)
+    for name, c in comps.items():
+        if "delta_alpha" in c:
+            finals[f"{name.replace(' ', '_')}.delta_alpha"] = c["delta_alpha"]
+    run_id = tracker.get_or_create_run(key, name=f"fit {form}", kind="fit",
+                                       parent_id=parent.info.run_id if parent else None,
+                                       tags={"dlor.study": study_name, "fit.form": form})
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        pq.write_table(points, d / "points.parquet")
+        (d / "curves.json").write_text(json.dumps(curves.to_json(), indent=1, default=str))
+        (d / "comparisons.json").write_text(json.dumps(_jsonable(comps), indent=1, default=str))
+        curves.plot(d / "scaling.png")
+        for f in ("points.parquet", "curves.json", "comparisons.json", "scaling.png"):
+            tracker.client.log_artifact(run_id, str(d / f))
+    tracker.log_batch(run_id, params={"form": form, "n_boot": n_boot, "seed": seed,
+                                      "families": ",".join(curves.families)},
+                      tags={"dlor.complete": "1"}, metrics=[(k, v, 0) for k, v in finals.items()])
+    tracker.finish(run_id)
+    return curves
+
+
+def _jsonable(obj):
+    from .fit import _jsonable as j
+    return j(obj)
