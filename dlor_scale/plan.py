@@ -65,6 +65,9 @@ class Plan:
     cells: tuple[Cell, ...]
     d_in: int
     d_out: int
+    #: Budget-solver notes for the dry run: where a family's fixed axes had to change
+    #: between budgets (policy ``axis``), one line each, prefixed ``families.<label>``.
+    warnings: tuple[str, ...] = ()
 
     @property
     def total_members(self) -> int:
@@ -120,16 +123,18 @@ def cohort_slots(cohort_size: int | str, trials: int) -> int:
 
 
 def make_plan(study: Study) -> Plan:
-    """Solve every cell's shapes and share out its trials (deterministic for a spec)."""
-    cells = []
+    """Solve every family's budgets together, share out each cell's trials (deterministic)."""
+    cells, warnings = [], []
     n_shapes = min(study.shapes_per_cell, study.trials_per_cell)
     for label, fam in study.families.items():
+        sol = budget_solver.solve_family(fam.family, study.budgets, limit=n_shapes, **study.solve_kwargs(label))
+        warnings += [f"families.{label}: {w}" for w in sol.warnings]
         for b in study.budgets:
-            cands = budget_solver.solve(fam.family, b, limit=n_shapes, **study.solve_kwargs(label))
+            cands = sol[b]
             shares = split_trials(study.trials_per_cell, len(cands))
             shapes = tuple(
                 ShapePlan(c.shape, c.n_params, count_params(c.shape), n, cohort_slots(study.cohort_size, n))
                 for c, n in zip(cands, shares)
             )
             cells.append(Cell(label, fam.family, b, shapes))
-    return Plan(study, tuple(cells), study.d_in, study.d_out)
+    return Plan(study, tuple(cells), study.d_in, study.d_out, tuple(warnings))

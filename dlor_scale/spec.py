@@ -496,7 +496,7 @@ class Study(_Model):
     activation: Literal[ACTIVATIONS] = "tanh"  # type: ignore[valid-type]
     budgets: Annotated[list[PosInt], Field(min_length=1)]
     tolerance: Annotated[Float, Field(gt=0, le=0.5)] = 0.02
-    policy: Literal[budget_solver.POLICIES] = "closest"  # type: ignore[valid-type]
+    policy: Literal[budget_solver.POLICIES] = budget_solver.DEFAULT_POLICY  # type: ignore[valid-type]
     shapes_per_cell: PosInt = Field(1, description="best shapes kept per cell; its trials are split over them")
     families: Annotated[dict[Label, FamilySpec], Field(min_length=1)]
     search_space: dict[HParam, SearchParam]
@@ -578,7 +578,7 @@ class Study(_Model):
         return self.epochs // self.report_every
 
     def solve_kwargs(self, label: str) -> dict:
-        """Everything `budget.solve` needs for one family label, except the budget."""
+        """Everything `budget.solve` / `budget.solve_family` need for one family label, except the budget(s)."""
         fam = self.families[label]
         return {
             "tolerance": self.tolerance, "policy": self.policy,
@@ -618,9 +618,11 @@ class Study(_Model):
                 or f"sqlite:///{self.study_dir() / 'mlflow.db'}")
 
     def resolved_optuna_storage(self) -> str:
-        """``optuna_storage``, else env ``DLOR_OPTUNA_STORAGE``, else SQLite in the study dir."""
+        """``optuna_storage``, else env ``DLOR_OPTUNA_STORAGE``, else an Optuna journal
+        file in the study dir (``journal:///…``: ~6× cheaper per report than SQLite and
+        safe for several local worker processes; use PostgreSQL for clusters)."""
         return (self.optuna_storage or os.environ.get("DLOR_OPTUNA_STORAGE")
-                or f"sqlite:///{self.study_dir() / 'optuna.db'}")
+                or f"journal:///{self.study_dir() / 'optuna.journal'}")
 
 
 def study_json_schema() -> dict:
@@ -867,7 +869,12 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
             feasible.append(label)
 
     for label in feasible:
-        for b in s.budgets:
+        try:  # one enumeration of the family's grid for all budgets
+            budget_solver.solve_family(s.families[label].family, s.budgets, limit=1, **s.solve_kwargs(label))
+            continue
+        except BudgetError:
+            pass
+        for b in s.budgets:  # locate every unreachable budget, not just the first
             try:
                 budget_solver.solve(s.families[label].family, b, limit=1, **s.solve_kwargs(label))
             except BudgetError as e:

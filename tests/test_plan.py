@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dlor_scale.budget import GROWTH_AXIS, fixed_axes
 from dlor_scale.models import count_params
 from dlor_scale.plan import AUTO_COHORT_MAX, Cell, Plan, cohort_slots, make_plan, split_trials
 from dlor_scale.spec import load_study, parse_study
@@ -67,7 +68,28 @@ def test_trials_and_slots(quickstart, qs_plan):
 def test_quickstart_is_small(qs_plan):
     """Sized for 2 CPU cores in a few minutes: few members, small networks."""
     assert 150 <= qs_plan.total_members + qs_plan.confirm_members <= 250
-    assert all(sp.shape.width <= 32 for c in qs_plan.cells for sp in c.shapes)
+    assert all(sp.n_params <= 2550 and sp.shape.width <= 256 and sp.shape.depth <= 128
+               for c in qs_plan.cells for sp in c.shapes)
+
+
+def test_quickstart_holds_each_familys_fixed_axes_over_all_budgets(quickstart, qs_plan):
+    """Policy axis: one structure per family, only its growth axis changes with the budget."""
+    assert quickstart.policy == "axis" and qs_plan.warnings == ()
+    for label, fam in quickstart.families.items():
+        cells = [c for c in qs_plan.cells if c.label == label]
+        fixed = {tuple(getattr(c.shapes[0].shape, a) for a in fixed_axes(fam.family)) for c in cells}
+        assert len(fixed) == 1, (label, fixed)
+        growth = [getattr(c.shapes[0].shape, GROWTH_AXIS[fam.family]) for c in cells]
+        assert growth == sorted(growth) and len(set(growth)) == len(growth)
+
+
+def test_budget_study_lists_where_fixed_axes_change():
+    plan = make_plan(load_study(STUDIES / "budget.yaml"))
+    assert plan.study.policy == "axis"
+    changed = {w.split(":", 1)[0] for w in plan.warnings}
+    assert changed == {"families.lowrank", "families.dlor_deep", "families.dlor_wide"}
+    widths = [c.shapes[0].shape.width for c in plan.cells if c.label == "dlor_wide"]
+    assert widths == sorted(widths) and len(set(widths)) == 2
 
 
 def test_table_rows(quickstart, qs_plan):
@@ -83,7 +105,7 @@ def test_table_rows(quickstart, qs_plan):
 
 
 def test_several_shapes_share_a_cell_unevenly_first_first():
-    s = quickstart_with(shapes_per_cell=3)
+    s = quickstart_with(shapes_per_cell=3, policy="closest")
     plan = make_plan(s)
     sizes = []
     for cell in plan.cells:

@@ -402,7 +402,7 @@ def test_study_dir_defaults_and_env(tmp_path, monkeypatch):
     s = parse_study(spec(), SRC)
     assert s.study_dir() == tmp_path / "runs" / "t"
     assert s.resolved_tracking_uri() == f"sqlite:///{tmp_path}/runs/t/mlflow.db"
-    assert s.resolved_optuna_storage() == f"sqlite:///{tmp_path}/runs/t/optuna.db"
+    assert s.resolved_optuna_storage() == f"journal:///{tmp_path}/runs/t/optuna.journal"
 
     monkeypatch.setenv("DLOR_OUTPUT_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
