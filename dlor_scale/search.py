@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -32,7 +33,19 @@ HPARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
 
 
 def storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage with settings that survive concurrent writers and dropped connections."""
+    """Optuna storage for a URL.
+
+    ``journal:///abs/path`` is an Optuna journal file (append-only log with file
+    locks: the embedded default, fast and multi-process safe on one machine); any
+    other URL is an SQLAlchemy URL for RDB storage (SQLite, PostgreSQL), set up to
+    survive concurrent writers and dropped connections.
+    """
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        path = url[len("journal://"):]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite"):
         kw = {"connect_args": {"timeout": 60}}
     else:
@@ -142,9 +155,9 @@ class OptunaSource:
         for t in mine:
             if t.number in in_flight:
                 if t.state == TrialState.RUNNING:
-                    self.trials[t.user_attrs["key"]] = optuna.Trial(study, t._trial_id)
+                    self.trials[self._key(t.number)] = optuna.Trial(study, t._trial_id)
                 else:
-                    self.replay[t.user_attrs["key"]] = t
+                    self.replay[self._key(t.number)] = t
         self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
 
     def _key(self, number: int) -> str:
@@ -161,13 +174,10 @@ class OptunaSource:
                 return None
             trial = self.study.ask()
             self.started += 1
-            key = self._key(trial.number)
-            trial.set_user_attr("unit", self.unit)
-            trial.set_user_attr("key", key)
+            trial.set_user_attr("unit", self.unit)  # key and seed derive from the number
             params = suggest(trial, self.space)
         key = self._key(trial.number)
         seed = member_seed(self.base_seed, self.cell_key, trial.number)
-        trial.set_user_attr("seed", seed)
         self.trials[key] = trial
         return member_spec(key, seed, params)
 
@@ -193,7 +203,6 @@ class OptunaSource:
         value = result.best_val if state == TrialState.COMPLETE and math.isfinite(result.best_val) else None
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
-        trial.set_user_attr("state", result.state)
         frozen = self.study.tell(trial, value, state=state, skip_if_finished=True)
         self.counts[result.state] = self.counts.get(result.state, 0) + 1
         if self.on_result is not None:

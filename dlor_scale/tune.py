@@ -14,6 +14,8 @@ checkpoint, and relaunching the same study simply runs what is not done.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -204,7 +206,12 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
             callbacks=[progress.tune_callback()] if progress else [],
         ),
     )
-    results = tuner.fit()
+    # Tune prints its own tables; our progress display replaces them. Its per-trial
+    # metric files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so silence the
+    # resulting "could not fetch metrics" warning too: results live in MLflow.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = tuner.fit()
     failed = []
     for r in results:
         if r.error is not None:
@@ -245,7 +252,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         failed = _run_phase(ctodo, ctx, study, "confirm", progress)
         if failed:
             raise DlorError(f"{len(failed)} confirmation unit(s) failed: {', '.join(failed)}")
-        left = tracker.flush_outbox()
+        left = flush_all_outboxes(ctx)
         if left:
             raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
     finally:
@@ -259,6 +266,15 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         result.fit = _fit_study(study, tracker)
     tracker.finish(ctx["study_run"])
     return result
+
+
+def flush_all_outboxes(ctx: dict) -> int:
+    """Replay records any unit parked (MLflow was down); returns how many remain."""
+    root = Path(ctx["study_dir"]) / "outbox"
+    left = 0
+    for box in sorted(p for p in root.glob("*") if p.is_dir()):
+        left += Tracker(ctx["tracking_uri"], ctx["name"], outbox=box).flush_outbox()
+    return left
 
 
 def _fit_study(study, tracker):

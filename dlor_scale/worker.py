@@ -19,7 +19,7 @@ import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
 from .models import Shape, count_params
-from .tracking import Tracker, code_version
+from .tracking import AsyncRecorder, Tracker, code_version
 
 _DATA_CACHE: dict[str, object] = {}
 
@@ -46,6 +46,7 @@ class UnitFiles:
         self.done = study_dir / "units" / f"{name}.done.json"
         self.checkpoint = study_dir / "checkpoints" / f"{name}.pt"
         self.ledger = study_dir / "ledger" / f"{name}.jsonl"
+        self.outbox = study_dir / "outbox" / name  # per unit: no two writers share one
 
     def finished_keys(self) -> set[str]:
         if not self.ledger.exists():
@@ -136,8 +137,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
     data = dataset_for(study, Path(ctx["base_dir"]))
     shape = Shape(**unit["shape"])
-    tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=study_dir / "outbox")
-    tracker.flush_outbox()
+    tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=files.outbox)
+    tracker.flush_outbox()  # records an earlier attempt of this unit could not send
+    recorder = AsyncRecorder(tracker)
     resume = files.load_checkpoint()
     in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
@@ -157,8 +159,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         )
 
         def on_result(result: MemberResult, frozen):
-            tracker.record_or_park(member_record(ctx, unit, shape, result,
-                                                 optuna_trial=frozen.number, settings=settings))
+            recorder.submit(member_record(ctx, unit, shape, result,
+                                          optuna_trial=frozen.number, settings=settings))
             publish(result)
 
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
@@ -169,8 +171,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         members = [MemberSpec(**m) for m in unit["members"]]
 
         def on_result(result: MemberResult):
-            tracker.record_or_park(member_record(ctx, unit, shape, result, optuna_trial=None,
-                                                 settings=settings))
+            recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=None,
+                                          settings=settings))
             files.append_ledger(result.key, result.state)
             publish(result)
 
@@ -180,9 +182,11 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                     batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
                     device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"])
     settings.update(getattr(cohort, "settings", {}) or {})
-    cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
-               resume=resume)
-    left = tracker.flush_outbox()
+    try:
+        cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
+                   resume=resume)
+    finally:
+        left = recorder.close()
     out = {**progress, "elapsed_s": time.time() - t0, "parked": left}
     if left == 0:
         atomic_write_bytes(files.done, json.dumps(out).encode())
