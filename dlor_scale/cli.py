@@ -80,6 +80,8 @@ def launch(
         plan = make_plan(study)
         if dry_run:
             out.print(plan_table(plan))
+            for w in getattr(plan, "warnings", ()):
+                out.print(f"[yellow]warning:[/] {w}")
             out.print(f"{len(plan.cells)} cells, {plan.total_trials} cohort units, {plan.total_members} members; "
                       f"resources per unit: cpu={study.resources.cpu} gpu={study.resources.gpu}")
             out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}")
@@ -93,7 +95,9 @@ def launch(
         result = run(study, str(file), address=address, progress=progress)
     except DlorError as e:
         _fail(e)
-    out.print(f"[green]done[/] study {study.name!r} → {result.study_dir}")
+    c = result.counts
+    out.print(f"[green]done[/] study {study.name!r} → {result.study_dir}: "
+              + ", ".join(f"{c.get(k, 0)} {k}" for k in ("completed", "pruned", "diverged", "failed")))
     if result.fit is not None:
         out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)")
     uri = result.tracking_uri

@@ -60,6 +60,7 @@ def build_context(study, plan: Plan, source: str, *, threads: int) -> dict:
         "metric": study.metric, "threshold": study.threshold, "seed": study.seed,
         "device": _device(study), "compile": study.compile, "precision": study.precision,
         "checkpoint_every": study.checkpoint_every, "threads": threads, "cell_runs": {},
+        "cohort_size": study.cohort_size, "gpu": study.resources.gpu or 0,
     }
 
 
@@ -262,10 +263,23 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             import ray
             ray.shutdown()
     result = LaunchResult(study_dir, ctx["tracking_uri"], ctx["optuna_storage"], len(units) + len(cunits))
+    result.counts = unit_totals(study_dir, units + cunits)
     if fit:
         result.fit = _fit_study(study, tracker)
     tracker.finish(ctx["study_run"])
     return result
+
+
+def unit_totals(study_dir: Path, units: list[dict]) -> dict:
+    """Sum of the finished units' summaries (member states, train/eval seconds)."""
+    tot: dict = {}
+    for u in units:
+        f = UnitFiles(study_dir, u["id"]).done
+        if f.exists():
+            for k, v in json.loads(f.read_text()).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tot[k] = tot.get(k, 0) + v
+    return tot
 
 
 def flush_all_outboxes(ctx: dict) -> int:

@@ -178,7 +178,15 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
 
         source = FixedSource(members, skip=files.finished_keys() | in_flight_keys, on_result=on_result)
 
-    cohort = Cohort(shape, data, slots=unit["slots"], epochs=ctx["epochs"], report_every=ctx["report_every"],
+    slots = unit["slots"]
+    if ctx.get("cohort_size") == "auto":  # size from this worker's device and free memory
+        from .sizing import auto_slots
+        gpu = ctx.get("gpu") or 0
+        slots = auto_slots(shape, trials=max(1, unit.get("quota") or len(unit.get("members", []))),
+                           n_train=len(data.x_train), batch_size=ctx["batch_size"], device=ctx["device"],
+                           share=gpu if 0 < gpu < 1 else 1.0)
+    settings["slots"] = slots
+    cohort = Cohort(shape, data, slots=slots, epochs=ctx["epochs"], report_every=ctx["report_every"],
                     batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
                     device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"])
     settings.update(getattr(cohort, "settings", {}) or {})
@@ -187,7 +195,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                    resume=resume)
     finally:
         left = recorder.close()
-    out = {**progress, "elapsed_s": time.time() - t0, "parked": left}
+    out = {**progress, "elapsed_s": time.time() - t0, "parked": left,
+           "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
+           "model_steps": cohort.stats.get("model_steps", 0)}
     if left == 0:
         atomic_write_bytes(files.done, json.dumps(out).encode())
         files.checkpoint.unlink(missing_ok=True)

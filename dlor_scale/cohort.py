@@ -1,0 +1,661 @@
+"""Cohort trainer: K same-shape members trained together as stacked tensors.
+
+Why: a scaling study trains thousands of tiny networks that differ only in seed and
+hyperparameters. One at a time, each step is a few hundred microsecond-sized kernels
+dominated by Python and launch overhead; stacked along a member axis K, the same step is
+a handful of batched ops whose cost grows far slower than K (HFTA, MLSys'21).
+
+Design, and why each piece is there:
+
+* **One flat buffer.** All parameters live in one ``[K, P]`` float32 tensor (Adam's m and
+  v likewise) with per-layer views built each step, so AdamW is a few elementwise ops
+  over three tensors, and pack/unpack/compaction are row copies. Weights whose output
+  dim is tiny (``V`` of a low-rank factor, the last layer's ``W``) are stored transposed
+  so the contraction runs along contiguous memory (see `FlatLayout`).
+* **Members never mix.** Every op is batched over K; the loss is the sum of per-member
+  MSEs, so each member's gradient is exactly its own. A NaN in one member cannot reach
+  another, so divergence is detected per member at report time.
+* **Composition-independent numbers.** Init is `models.init_member` (pure in its args);
+  the minibatch order is a counter-based hash of (member seed, member epoch) sorted on
+  device (`member_order`). A member trains identically alone, refilled mid-run into a
+  freed slot, after compaction, or after checkpoint/resume.
+* **Few host syncs.** Steps only enqueue work. The host reads the device once per report
+  round (train loss accumulated on device + val/test metrics in one ``.tolist()``).
+* **Fused step.** The whole step (forward, backward via `torch.func.grad_and_value`,
+  AdamW) is one function that `torch.compile` turns into a few fused loops. On CPU the
+  cohort runs in chunks of C members so one chunk's activations stay in cache, and
+  skinny matmuls (a dim ≤ ``SKINNY``, e.g. rank 2) are written as broadcast-reduce so
+  they fuse with the elementwise work instead of going through BLAS at ~2 GFLOP/s.
+  See benchmarks/README.md for the measurements behind these choices.
+
+Minibatches: ``steps_per_epoch = N // batch_size``; the last partial batch is DROPPED so
+every step has the same shape (one compiled graph) and every member sees equally many
+samples per epoch. ``batch_size=None`` (or ≥ N) means full batch: one step per epoch on
+the shared, un-gathered training set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import types
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from .models import Shape, _diag_full, activation_fn, forward, init_member
+
+EPS = 1e-8
+SKINNY = 8          # contraction or output dim ≤ this → broadcast-reduce instead of bmm
+METRICS = ("mse", "rmse", "max_abs", "rel_l2")
+STATES = ("completed", "pruned", "diverged", "failed")
+PRECISIONS = ("fp32", "tf32", "bf16")
+_STATE_VERSION = 1
+_CACHE_BUDGET_BYTES = 12 << 20   # CPU chunk working set (measured: 8–16 members of a
+                                  # w64/L8/B256 net is the flat optimum on a 32 MB L3)
+_EVAL_BUDGET_ELEMS = 1 << 22      # rows × K × width per eval chunk (16 MB of fp32)
+_COMPILE_MIN_CPU_SLOTS = 8        # CPU 'auto' compiles from this capacity on (measured)
+_COMPILE_MIN_STEPS = 500          # …and only if the run is long enough to amortise it
+
+
+# ----------------------------------------------------------------------------- API types
+
+@dataclass
+class MemberSpec:
+    """One member to train: its identity, seed and optimizer hyperparameters."""
+
+    key: str
+    seed: int
+    lr: float
+    weight_decay: float = 0.0
+    init_scale: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class MemberResult:
+    """What a finished member reports. Curves are ``(epoch, value)`` at report epochs.
+
+    ``params`` is filled (natural `models` layout, CPU) only when the cohort was built
+    with ``keep_params=True``.
+    """
+
+    key: str
+    state: str
+    epochs: int
+    train_loss: list[tuple[int, float]]
+    val_error: list[tuple[int, float]]
+    best_val: float
+    test_error: float
+    epochs_to_threshold: int | None
+    wall_time_s: float
+    spec: MemberSpec
+    params: dict | None = None
+
+
+class Source(Protocol):
+    """Feeds members to a cohort and receives their reports (the Optuna loop)."""
+
+    def next_member(self) -> MemberSpec | None: ...
+
+    def on_report(self, key: str, epoch: int, train_loss: float, val_error: float) -> bool: ...
+
+    def on_finish(self, result: MemberResult) -> None: ...
+
+
+# ----------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    offset: int
+    numel: int
+    shape: tuple[int, ...]      # natural per-member shape (models.tensor_shapes)
+    transposed: bool            # stored as shape[::-1]
+
+
+class FlatLayout:
+    """Where each parameter lives in a member's flat row, and in which orientation.
+
+    A 2-D weight ``[a, b]`` with ``b ≤ SKINNY < a`` is stored transposed: its product is
+    then a reduction along contiguous memory (vectorised) rather than a strided gather.
+    `views` still returns natural-shaped views (a transpose is free), so `models.forward`
+    works on them unchanged.
+    """
+
+    def __init__(self, shape: Shape):
+        self.entries: list[_Entry] = []
+        off = 0
+        for name, shp in shape.tensor_shapes().items():
+            tr = len(shp) == 2 and shp[1] <= SKINNY < shp[0]
+            n = math.prod(shp)
+            self.entries.append(_Entry(name, off, n, tuple(shp), tr))
+            off += n
+        self.numel = off
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[K, P]`` → natural-shaped ``[K, *shape]`` views (no copies)."""
+        k = flat.shape[0]
+        out = {}
+        for e in self.entries:
+            seg = flat[:, e.offset:e.offset + e.numel]
+            out[e.name] = (seg.view(k, *e.shape[::-1]).transpose(1, 2) if e.transposed
+                           else seg.view(k, *e.shape))
+        return out
+
+    def pack(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One member's natural-layout dict → its flat row ``[P]``."""
+        parts = [(params[e.name].t() if e.transposed else params[e.name]).reshape(-1)
+                 for e in self.entries]
+        return torch.cat(parts).to(torch.float32)
+
+    def unpack(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat row ``[P]`` → natural-layout, contiguous CPU tensors (copies)."""
+        views = self.views(row.detach().unsqueeze(0))
+        return {k: v[0].contiguous().cpu().clone() for k, v in views.items()}
+
+
+# ----------------------------------------------------------------------------- data order
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """32-bit integer hash (xor-shift-multiply) on int64 tensors holding values < 2³².
+
+    The multiplier is < 2²⁷ so products stay < 2⁵⁹: no int64 overflow on any backend.
+    """
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def member_order(seeds: torch.Tensor, epochs: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-member permutation of ``range(n)``: ``[K, n]`` int64, on the seeds' device.
+
+    A pure function of (seed, epoch, n) per row, computed for all rows at once: each
+    sample index gets a 62-bit hash key and a stable argsort orders them (ties, if any,
+    resolve by index). No per-member Python loop, no host sync.
+    """
+    seeds = seeds.to(torch.int64).view(-1, 1)
+    epochs = epochs.to(torch.int64).view(-1, 1)
+    idx = torch.arange(n, device=seeds.device, dtype=torch.int64).view(1, -1)
+    base = _mix32(_mix32(seeds & _M32) ^ ((seeds >> 32) & _M32))
+    base = _mix32(base ^ _mix32(epochs & _M32))
+    k1 = _mix32(base ^ _mix32(idx))
+    k2 = _mix32(k1 ^ 0x5BD1E995)
+    return torch.argsort((k1 << 30) | (k2 >> 2), dim=1, stable=True)
+
+
+# ----------------------------------------------------------------------------- the step
+
+def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a [K,B,m] @ w [K,m,n]`` written so the compiler can fuse skinny products.
+
+    bmm of a 256×64 block with a 64×2 factor runs at a few GFLOP/s (BLAS is built for
+    fat matrices) and forces a memory round trip; as a broadcast-multiply-reduce it is
+    fused into the neighbouring elementwise loop. Fat products stay on bmm.
+    """
+    m, n = w.shape[-2], w.shape[-1]
+    if m <= SKINNY:      # short contraction: the compiler unrolls it into one loop
+        return (a.unsqueeze(-1) * w.unsqueeze(1)).sum(-2)
+    if n <= SKINNY:      # few outputs: reduce along the (contiguous, stored-transposed) m
+        return (a.unsqueeze(2) * w.transpose(1, 2).unsqueeze(1)).sum(-1)
+    return torch.bmm(a, w)
+
+
+def fused_forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`models.forward` with skinny products as broadcast-reduce (compile-friendly).
+
+    Same maths, different summation order; the compiled-vs-eager test bounds the gap.
+    """
+    layers = shape.layers()
+    act = activation_fn(shape.activation)
+    k = next(iter(params.values())).shape[0]
+    h = x if x.dim() == 3 else x.unsqueeze(0).expand(k, *x.shape)
+    for i, layer in enumerate(layers):
+        if layer.kind == "dense":
+            z = _mm(h, params[f"l{i}.W"])
+        else:
+            z = _mm(_mm(h, params[f"l{i}.V"]), params[f"l{i}.U"])
+        z = z + params[f"l{i}.b"].unsqueeze(1)
+        if layer.kind == "dlor" and f"l{i}.d" in params:
+            z = z + _diag_full(layer, params[f"l{i}.d"]) * h
+        h = act(z) if i < len(layers) - 1 else z
+    return h
+
+
+def _adamw_(p, g, m, v, step, hyp):
+    """In-place AdamW over ``[K, P]`` in torch.optim.AdamW's exact order.
+
+    Per-member scalars (lr, wd, betas, bias corrections) are ``[K,1]`` float64 like the
+    Python floats AdamW uses, then rounded once to float32, as AdamW's kernels do.
+    Empty slots carry lr = wd = 0, so they never move.
+    """
+    step.add_(1)
+    lr, wd, b1, b2 = hyp.unbind(1)
+    lr, wd, b1, b2 = lr[:, None], wd[:, None], b1[:, None], b2[:, None]
+    f32 = torch.float32
+    p.mul_((1 - lr * wd).to(f32))
+    m.lerp_(g, (1 - b1).to(f32))
+    v.mul_(b2.to(f32)).addcmul_(g * (1 - b2).to(f32), g)
+    step_size = (lr / (1 - b1 ** step)).to(f32)
+    bc2_sqrt = torch.sqrt(1 - b2 ** step).to(f32)
+    denom = (v.sqrt() / bc2_sqrt).add_(EPS)
+    p.addcdiv_(m * -step_size, denom)
+
+
+def _loss_terms(fwd, p, x, y, autocast: torch.dtype | None):
+    if autocast is None:
+        out = fwd(p, x)
+    else:
+        with torch.autocast(device_type=p.device.type, dtype=autocast):
+            out = fwd(p, x)
+    per = (out.float() - y).square().mean(dim=(1, 2))
+    return per.sum(), per.detach()
+
+
+def _step_func(fwd, p, m, v, acc, step, hyp, x, y, autocast=None):
+    """One fused AdamW step for a block of members, entirely in place (compiled path)."""
+    grad_fn = torch.func.grad_and_value(
+        lambda q: _loss_terms(fwd, q, x, y, autocast), has_aux=True)
+    g, (_, per) = grad_fn(p)
+    acc.add_(per)
+    _adamw_(p, g, m, v, step, hyp)
+
+
+def _step_autograd(fwd, p, m, v, acc, step, hyp, x, y, autocast=None):
+    """The same step with plain autograd: lower per-op overhead when not compiled."""
+    with torch.enable_grad():
+        q = p.detach().requires_grad_(True)
+        total, per = _loss_terms(fwd, q, x, y, autocast)
+        (g,) = torch.autograd.grad(total, q)
+    with torch.no_grad():
+        acc.add_(per)
+        _adamw_(p, g, m, v, step, hyp)
+
+
+def _private_copy(fn):
+    """A copy of ``fn`` with its own code object.
+
+    torch.compile caches compiled graphs per code object and, past a small limit
+    (8 shape variants), silently falls back to eager. Each cohort compiles its own copy,
+    so a long-lived worker that trains many shapes never hits the limit, and the
+    compiled artefacts are freed with the cohort.
+    """
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{id(object()):x}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+# ----------------------------------------------------------------------------- slot state
+
+@dataclass
+class _Member:
+    """Host-side bookkeeping of one member in flight."""
+
+    spec: MemberSpec
+    epoch: int = 0
+    train_loss: list = field(default_factory=list)
+    val_error: list = field(default_factory=list)
+    best_val: float = math.nan
+    threshold_epoch: int | None = None
+    elapsed: float = 0.0        # wall seconds in flight before `mark`
+    mark: float = 0.0           # perf_counter when elapsed was last folded in
+
+    def wall(self, now: float) -> float:
+        return self.elapsed + (now - self.mark)
+
+    def to_state(self, now: float) -> dict:
+        return {"spec": asdict(self.spec), "epoch": self.epoch,
+                "train_loss": list(self.train_loss), "val_error": list(self.val_error),
+                "best_val": self.best_val, "threshold_epoch": self.threshold_epoch,
+                "elapsed": self.wall(now)}
+
+    @classmethod
+    def from_state(cls, d: dict, now: float) -> _Member:
+        return cls(spec=MemberSpec(**d["spec"]), epoch=d["epoch"],
+                   train_loss=[tuple(t) for t in d["train_loss"]],
+                   val_error=[tuple(t) for t in d["val_error"]], best_val=d["best_val"],
+                   threshold_epoch=d["threshold_epoch"], elapsed=d["elapsed"], mark=now)
+
+
+# ----------------------------------------------------------------------------- cohort
+
+class Cohort:
+    """Train many same-shape members as one stacked model; see the module docstring.
+
+    ``slots`` is how many members train at once. Freed slots (completed, pruned,
+    diverged) are refilled from the source at once; once the source returns ``None`` it
+    is treated as exhausted and never asked again, and the cohort compacts when fewer
+    than half its slots are active.
+
+    Extra keyword arguments beyond the driver API: ``chunk`` (members per fused call;
+    default: cache-sized on CPU, all on CUDA) and ``keep_params`` (attach final weights
+    to each `MemberResult`).
+    """
+
+    def __init__(self, shape: Shape, data, *, slots: int, epochs: int, report_every: int,
+                 batch_size: int | None = None, metric: str = "rmse",
+                 threshold: float | None = None, device="cpu", compile: bool | str = "auto",
+                 precision: str = "fp32", chunk: int | None = None, keep_params: bool = False):
+        if slots < 1 or epochs < 1 or report_every < 1:
+            raise ValueError("slots, epochs and report_every must be ≥ 1")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+        if (data.d_in, data.d_out) != (shape.d_in, shape.d_out):
+            raise ValueError(f"data is {data.d_in}→{data.d_out} but shape is {shape.d_in}→{shape.d_out}")
+        self.shape, self.epochs, self.report_every = shape, epochs, report_every
+        self.metric, self.threshold, self.keep_params = metric, threshold, keep_params
+        self.device = torch.device(device)
+        self.data = data.to(self.device)
+        self.layout = FlatLayout(shape)
+        n = self.data.x_train.shape[0]
+        self.full_batch = batch_size is None or batch_size >= n
+        self.batch = n if self.full_batch else int(batch_size)
+        self.steps_per_epoch = 1 if self.full_batch else n // self.batch
+
+        cuda = self.device.type == "cuda"
+        if chunk is None:
+            per_member = 4 * self.batch * max(shape.width, shape.d_in) * 3 * (shape.depth + 2)
+            chunk = slots if cuda else max(1, _CACHE_BUDGET_BYTES // per_member)
+        n_chunks = math.ceil(slots / max(1, min(chunk, slots)))
+        self.chunk = math.ceil(slots / n_chunks)     # equal chunks: one compiled shape
+        self.capacity = self.chunk * n_chunks        # ≥ slots; spare slots stay empty
+        self.slots = slots
+
+        if compile == "auto":
+            long_run = epochs * self.steps_per_epoch >= _COMPILE_MIN_STEPS
+            compile = cuda or (long_run and self.capacity >= _COMPILE_MIN_CPU_SLOTS)
+        self._autocast = torch.bfloat16 if (precision == "bf16" and cuda) else None
+        eff_precision = precision if cuda else "fp32"
+        if eff_precision != precision:
+            warnings.warn(f"precision={precision!r} is CUDA-only; training in fp32 on {self.device}")
+        self.settings = {
+            "device": str(self.device), "compile": bool(compile),
+            "compile_mode": ("reduce-overhead" if cuda else "default") if compile else None,
+            "precision": eff_precision,
+            "matmul_precision": "high" if eff_precision == "tf32" else "highest",
+            "autocast": str(self._autocast) if self._autocast else None,
+            "slots": slots, "capacity": self.capacity, "chunk": self.chunk,
+            "full_batch": self.full_batch, "batch_size": self.batch,
+            "steps_per_epoch": self.steps_per_epoch, "last_partial_batch": "dropped",
+            "skinny_max": SKINNY, "threads": torch.get_num_threads(),
+        }
+        self._compiled = None
+        if compile:
+            self._compiled = torch.compile(_private_copy(_step_func), fullgraph=True,
+                                           dynamic=False, mode=self.settings["compile_mode"])
+        self._fwd = lambda p, x: (fused_forward if compile else forward)(
+            shape, self.layout.views(p), x)
+        self._y_norm = {s: float(torch.linalg.vector_norm(getattr(self.data, f"y_{s}").double()))
+                        for s in ("val", "test")}
+        self.stats = {"steps": 0, "model_steps": 0, "report_rounds": 0, "compactions": 0,
+                      "train_s": 0.0, "eval_s": 0.0, "first_step_s": None}
+        self._alloc(self.capacity)
+        self.members: list[_Member | None] = [None] * self.capacity
+        self.exhausted = False
+
+    # ------------------------------------------------------------------ device state
+
+    def _alloc(self, k: int):
+        dev, p = self.device, self.layout.numel
+        self.flat = torch.zeros(k, p, device=dev)
+        self.m = torch.zeros(k, p, device=dev)
+        self.v = torch.zeros(k, p, device=dev)
+        self.step = torch.zeros(k, 1, dtype=torch.float64, device=dev)
+        self.hyp = torch.zeros(k, 4, dtype=torch.float64, device=dev)   # lr, wd, b1, b2
+        self.hyp[:, 2:] = 0.5                                          # harmless for empty slots
+        self.acc = torch.zeros(k, device=dev)
+        self.seeds = torch.zeros(k, dtype=torch.int64, device=dev)
+        self.ep = torch.zeros(k, dtype=torch.int64, device=dev)
+        if self.device.type == "cuda" and self.settings["compile"]:
+            for t in (self.flat, self.m, self.v, self.acc, self.step, self.hyp):
+                torch._dynamo.mark_static_address(t)   # mutated in place by the graph
+
+    def _start(self, slot: int, spec: MemberSpec):
+        """Fresh member in ``slot``: init from its seed, zeroed Adam state, step 0."""
+        row = self.layout.pack(init_member(self.shape, spec.seed, spec.init_scale))
+        self.flat[slot] = row.to(self.device)
+        self.m[slot] = 0
+        self.v[slot] = 0
+        self.step[slot] = 0
+        self.hyp[slot] = torch.tensor([spec.lr, spec.weight_decay, spec.beta1, spec.beta2],
+                                      dtype=torch.float64)
+        self.seeds[slot] = int(spec.seed)
+        self.ep[slot] = 0
+        self.members[slot] = _Member(spec, mark=time.perf_counter())
+
+    def _free(self, slot: int):
+        """Empty a slot: zero weights and lr so it computes cheap, finite garbage."""
+        self.members[slot] = None
+        for t in (self.flat, self.m, self.v):
+            t[slot] = 0
+        self.hyp[slot, :2] = 0
+
+    def _refill(self):
+        for slot in range(self.capacity):
+            if self.members[slot] is None and slot < self.slots and not self.exhausted:
+                spec = self._source.next_member()
+                if spec is None:
+                    self.exhausted = True
+                else:
+                    self._start(slot, spec)
+
+    def _compact(self):
+        """Re-pack active members into fewer chunks (pure row moves: numbers unchanged).
+
+        Only once the source is exhausted (freed slots can no longer be refilled). Chunked
+        cohorts drop whole chunks (same chunk shape: the compiled graph is reused). An
+        unchunked eager cohort shrinks to a power of two; an unchunked compiled one is
+        left alone, since a recompile costs more than the tail it would speed up.
+        """
+        active = [i for i, mem in enumerate(self.members) if mem is not None]
+        if not self.exhausted or not active or 2 * len(active) >= self.capacity:
+            return
+        if self.chunk < self.capacity:
+            new_k = math.ceil(len(active) / self.chunk) * self.chunk
+        elif self._compiled is None:
+            new_k = 1 << (len(active) - 1).bit_length()
+            self.chunk = new_k
+        else:
+            return
+        if new_k >= self.capacity:
+            return
+        idx = torch.tensor(active + [i for i in range(self.capacity) if i not in active],
+                           device=self.device)[:new_k]
+        for name in ("flat", "m", "v", "step", "hyp", "acc", "seeds", "ep"):
+            setattr(self, name, getattr(self, name)[idx].clone())
+        self.members = [self.members[i] for i in idx.tolist()]
+        self.capacity = self.slots = new_k
+        self.settings.update(capacity=new_k, chunk=self.chunk)
+        self.stats["compactions"] += 1
+
+    # ------------------------------------------------------------------ training
+
+    def _call_step(self, sl: slice, x, y):
+        whole = sl.stop - sl.start == self.capacity    # pass the tensors themselves, so
+        state = (self.flat, self.m, self.v, self.acc, self.step, self.hyp)  # CUDA graphs
+        if not whole:                                   # see their static addresses
+            state = tuple(t[sl] for t in state)
+        args = (self._fwd, *state, x, y, self._autocast)
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as exc:  # noqa: BLE001 — any compiler failure → eager
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); "
+                              "continuing in eager mode")
+                self._compiled = None
+                self.settings.update(compile=False, compile_mode=None,
+                                     compile_error=f"{type(exc).__name__}: {exc}"[:500])
+                self._fwd = lambda p, x_: forward(self.shape, self.layout.views(p), x_)
+                args = (self._fwd,) + args[1:]
+        return _step_autograd(*args)
+
+    def _train_epoch(self):
+        """One epoch for every slot: no host sync inside."""
+        d, k, c = self.data, self.capacity, self.chunk
+        self.acc.zero_()
+        if not self.full_batch:
+            perm = member_order(self.seeds, self.ep, d.x_train.shape[0])
+        live = [i for i in range(0, k, c) if any(self.members[i:i + c])]
+        for s in range(self.steps_per_epoch):
+            if not self.full_batch:
+                idx = perm[:, s * self.batch:(s + 1) * self.batch]
+            for c0 in live:
+                sl = slice(c0, c0 + c)
+                if self.full_batch:
+                    x, y = d.x_train, d.y_train.unsqueeze(0).expand(c, *d.y_train.shape)
+                else:
+                    x, y = d.x_train[idx[sl]], d.y_train[idx[sl]]
+                t0 = time.perf_counter() if self.stats["first_step_s"] is None else None
+                self._call_step(sl, x, y)
+                if t0 is not None:
+                    self.stats["first_step_s"] = time.perf_counter() - t0
+        self.stats["steps"] += self.steps_per_epoch
+        self.stats["model_steps"] += self.steps_per_epoch * sum(m is not None for m in self.members)
+
+    @torch.no_grad()
+    def _metrics(self) -> torch.Tensor:
+        """``[K, 2]`` val and test error of every slot, in fp32 eager (rows chunked)."""
+        out = []
+        views = self.layout.views(self.flat)
+        rows = max(1, _EVAL_BUDGET_ELEMS // (self.capacity * max(self.shape.width, 1)))
+        for split in ("val", "test"):
+            x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+            sq = torch.zeros(self.capacity, dtype=torch.float64, device=self.device)
+            mx = torch.zeros(self.capacity, device=self.device)
+            for r0 in range(0, x.shape[0], rows):
+                diff = forward(self.shape, views, x[r0:r0 + rows]) - y[r0:r0 + rows]
+                sq += diff.double().square().sum(dim=(1, 2))
+                mx = torch.maximum(mx, diff.abs().amax(dim=(1, 2)))
+            mse = sq / y.numel()
+            err = {"mse": mse, "rmse": mse.sqrt(), "max_abs": mx.double(),
+                   "rel_l2": sq.sqrt() / self._y_norm[split]}[self.metric]
+            out.append(err)
+        return torch.stack(out, dim=1)
+
+    def _report_round(self, due: list[int]):
+        """One host sync: report due members, finish/prune/diverge, refill, compact."""
+        t0 = time.perf_counter()
+        train = (self.acc.double() / self.steps_per_epoch).unsqueeze(1)
+        vals = torch.cat([train, self._metrics()], dim=1).tolist()
+        now = time.perf_counter()
+        self.stats["eval_s"] += now - t0
+        for slot in due:
+            mem = self.members[slot]
+            tl, ve, te = vals[slot]
+            mem.train_loss.append((mem.epoch, tl))
+            mem.val_error.append((mem.epoch, ve))
+            if not (math.isfinite(tl) and math.isfinite(ve)):
+                self._finish(slot, "diverged", te, now)
+                continue
+            if not ve >= mem.best_val:          # also true while best_val is NaN
+                mem.best_val = ve
+            if (self.threshold is not None and mem.threshold_epoch is None
+                    and ve <= self.threshold):
+                mem.threshold_epoch = mem.epoch
+            if self._source.on_report(mem.spec.key, mem.epoch, tl, ve):
+                self._finish(slot, "pruned", te, now)
+            elif mem.epoch >= self.epochs:
+                self._finish(slot, "completed", te, now)
+        self._refill()
+        self._compact()
+        self.stats["report_rounds"] += 1
+
+    def _finish(self, slot: int, state: str, test_error: float, now: float):
+        mem = self.members[slot]
+        res = MemberResult(
+            key=mem.spec.key, state=state, epochs=mem.epoch, train_loss=mem.train_loss,
+            val_error=mem.val_error, best_val=mem.best_val, test_error=test_error,
+            epochs_to_threshold=mem.threshold_epoch, wall_time_s=mem.wall(now), spec=mem.spec,
+            params=self.layout.unpack(self.flat[slot]) if self.keep_params else None)
+        self._free(slot)
+        self._source.on_finish(res)
+
+    def run(self, source: Source, *, checkpoint_every: int | None = None,
+            on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> None:
+        """Train until the source is exhausted and every slot is empty.
+
+        With ``resume`` (a `state_dict`), members in flight continue exactly where they
+        were; the source is asked only for members that start after the checkpoint.
+        """
+        self._source = source
+        if resume is not None:
+            self.load_state_dict(resume)
+        else:
+            self._refill()
+        prev = _set_matmul_precision(self.settings["matmul_precision"], self.device)
+        try:
+            while any(m is not None for m in self.members):
+                t0 = time.perf_counter()
+                self._train_epoch()
+                self.stats["train_s"] += time.perf_counter() - t0
+                due = []
+                for slot, mem in enumerate(self.members):
+                    if mem is not None:
+                        mem.epoch += 1
+                        if mem.epoch % self.report_every == 0 or mem.epoch >= self.epochs:
+                            due.append(slot)
+                self.ep += 1
+                if due:
+                    self._report_round(due)
+                    if (checkpoint_every and on_checkpoint is not None
+                            and self.stats["report_rounds"] % checkpoint_every == 0):
+                        on_checkpoint(self.state_dict())
+        finally:
+            _set_matmul_precision(prev, self.device)
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def _config(self) -> dict:
+        return {"epochs": self.epochs, "report_every": self.report_every,
+                "batch_size": self.batch, "full_batch": self.full_batch,
+                "metric": self.metric, "threshold": self.threshold}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (taken at a report boundary)."""
+        now = time.perf_counter()
+        cpu = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
+        return {
+            "version": _STATE_VERSION, "shape": self.shape.describe(),
+            "config": self._config(),
+            "capacity": self.capacity, "slots": self.slots, "chunk": self.chunk,
+            "flat": cpu(self.flat), "m": cpu(self.m), "v": cpu(self.v),
+            "step": cpu(self.step), "hyp": cpu(self.hyp), "seeds": cpu(self.seeds),
+            "ep": cpu(self.ep),
+            "members": [None if m is None else m.to_state(now) for m in self.members],
+            "exhausted": self.exhausted, "stats": dict(self.stats),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported cohort state version {state.get('version')!r}")
+        if state["shape"] != self.shape.describe():
+            raise ValueError(f"state is for shape {state['shape']}, cohort is {self.shape.describe()}")
+        if state["config"] != self._config():
+            raise ValueError(f"state was trained with {state['config']}, cohort has {self._config()}")
+        self.capacity, self.slots, self.chunk = state["capacity"], state["slots"], state["chunk"]
+        self.settings.update(capacity=self.capacity, chunk=self.chunk)
+        self._alloc(self.capacity)
+        for name in ("flat", "m", "v", "step", "hyp", "seeds", "ep"):
+            getattr(self, name).copy_(state[name])
+        now = time.perf_counter()
+        self.members = [None if d is None else _Member.from_state(d, now) for d in state["members"]]
+        self.exhausted = state["exhausted"]
+        self.stats = dict(state["stats"])
+
+
+def _set_matmul_precision(value: str, device: torch.device) -> str:
+    """Set fp32 matmul precision for CUDA runs; returns the previous value to restore."""
+    prev = torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision(value)
+    return prev

@@ -1,0 +1,348 @@
+"""The query API users see: scaling points from member runs, and fitted curves per family.
+
+Two steps, kept separate so each can be tested and cached on its own:
+
+1. ``points_from_runs(runs)`` reduces the member-run export (one row per training run) to
+   one *scaling point* per (family, budget): the error of the best tuned configuration.
+2. ``Curves.from_points(points)`` fits a law per family (``fit.fit_law``), runs the held-out
+   extrapolation check, and serves the results (tables, JSON, a plot, comparisons).
+
+A family whose fit fails becomes a ``FamilyCurve`` with NaN parameters and flags saying why,
+so one all-diverged family never hides the others.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dlor_scale.errors import DataError, FitError
+from dlor_scale.fit import PARAM_NAMES, LawFit, _jsonable, compare, extrapolation_check, fit_law
+
+POINT_COLUMNS = ("family", "budget", "n_params", "error", "stderr", "n_seeds", "best_trial",
+                 "source")
+POINT_SCHEMA = pa.schema([
+    ("family", pa.string()), ("budget", pa.int64()), ("n_params", pa.int64()),
+    ("error", pa.float64()), ("stderr", pa.float64()), ("n_seeds", pa.int64()),
+    ("best_trial", pa.int64()),  # null when the cell has no completed search run
+    ("source", pa.string()),
+])
+RUN_COLUMNS = ("study", "cell", "family", "budget", "n_params_total", "phase", "state",
+               "optuna_trial", "seed", "test_error", "best_val", "confirm_of")
+
+
+# --------------------------------------------------------------------------- points
+
+
+def points_from_runs(runs: pa.Table) -> pa.Table:
+    """One scaling point per (family, budget) from the member-run export table.
+
+    Rules (why in brackets):
+
+    * The point's configuration is the **search-phase** member with the lowest ``best_val``
+      (validation error, lower is better) among ``state == 'completed'`` runs. Pruned runs
+      never count, even if nothing completed: their ``best_val`` is from a truncated
+      schedule, and mixing them in would bias small budgets (more pruning) optimistic.
+      Ties break on the lower ``optuna_trial`` so the choice is deterministic.
+    * ``error`` is that member's ``test_error`` (selected on validation, scored on test, so
+      the selection does not leak into the point), with ``n_seeds = 1`` and NaN stderr.
+    * If completed **confirm-phase** runs exist with ``confirm_of`` equal to that member's
+      ``optuna_trial`` (same study and cell), ``error`` is their mean ``test_error``,
+      ``stderr = std(ddof=1)/sqrt(n)`` (NaN for n = 1) and ``n_seeds = n``. Confirm runs
+      that diverged or failed are excluded from the mean and counted in ``source``.
+    * A (family, budget) with no completed search run still gets a row, with NaN error and
+      a null ``best_trial``: the fit then reports the dropped budget instead of silently
+      fitting around an all-diverged cell.
+    """
+    missing = [c for c in RUN_COLUMNS if c not in runs.column_names]
+    if missing:
+        raise DataError(f"runs table: missing column(s) {missing}; have {runs.column_names}")
+    df = runs.select(list(RUN_COLUMNS)).to_pandas()
+    rows: list[dict[str, Any]] = []
+    for (family, budget), g in df.groupby(["family", "budget"], sort=True):
+        search = g[g["phase"] == "search"]
+        done = search[(search["state"] == "completed") & np.isfinite(search["best_val"])]
+        if done.empty:
+            states = search["state"].value_counts().to_dict()
+            detail = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no runs"
+            n_params = search["n_params_total"].dropna()
+            rows.append({"family": family, "budget": int(budget),
+                         "n_params": int(n_params.iloc[0]) if len(n_params) else int(budget),
+                         "error": math.nan, "stderr": math.nan, "n_seeds": 0,
+                         "best_trial": None,
+                         "source": f"none: 0 completed search runs ({detail})"})
+            continue
+        best = done.sort_values(["best_val", "optuna_trial"], kind="stable").iloc[0]
+        trial = int(best["optuna_trial"])
+        conf = g[(g["phase"] == "confirm") & (g["confirm_of"] == trial)
+                 & (g["study"] == best["study"]) & (g["cell"] == best["cell"])]
+        ok = conf[(conf["state"] == "completed") & np.isfinite(conf["test_error"])]
+        n_bad = len(conf) - len(ok)
+        if len(ok):
+            errs = ok["test_error"].to_numpy(dtype=float)
+            n = errs.size
+            err, se, source = float(errs.mean()), (float(errs.std(ddof=1) / math.sqrt(n))
+                                                   if n > 1 else math.nan), "confirm"
+        else:
+            n, err, se, source = 1, float(best["test_error"]), math.nan, "search"
+        if n_bad:
+            source += f" ({n_bad} of {len(conf)} confirm runs not completed, excluded)"
+        rows.append({"family": family, "budget": int(budget),
+                     "n_params": int(best["n_params_total"]), "error": err, "stderr": se,
+                     "n_seeds": int(n), "best_trial": trial, "source": source})
+    return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _family_seed(seed: int, family: str) -> int:
+    """Per-family bootstrap seed: adding or removing a family leaves the others unchanged."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(family.encode())])
+    return int(ss.generate_state(1)[0])
+
+
+@dataclass
+class FamilyCurve:
+    """One family's curve. ``fit`` is None when no law could be fitted (see ``flags``)."""
+
+    family: str
+    form: str
+    points: pa.Table
+    fit: LawFit | None
+    extrapolation: dict[str, Any]
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def alpha(self) -> float:
+        return self.fit.alpha if self.fit else math.nan
+
+    @property
+    def E(self) -> float:
+        return self.fit.E if self.fit else math.nan
+
+    @property
+    def A(self) -> float:
+        return self.fit.A if self.fit else math.nan
+
+    @property
+    def ok(self) -> bool:
+        """Fitted, converged and passed the extrapolation check."""
+        return bool(self.fit and self.fit.converged and self.extrapolation.get("ok") is True)
+
+    def ci(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
+        if self.fit is None:
+            return {n: (math.nan, math.nan) for n in PARAM_NAMES[self.form]}
+        return self.fit.ci(level)
+
+    def predict(self, P) -> np.ndarray:
+        return self.fit.predict(P) if self.fit else np.full(np.shape(P), np.nan)
+
+    def predict_interval(self, P, level: float = 0.95):
+        if self.fit is None:
+            nan = np.full(np.shape(P), np.nan)
+            return nan, nan.copy()
+        return self.fit.predict_interval(P, level)
+
+    def params_for(self, error: float) -> float | None:
+        return self.fit.params_for(error) if self.fit else None
+
+
+class Curves:
+    """Fitted curves for every family of a study. Build with ``Curves.from_points``."""
+
+    def __init__(self, curves: dict[str, FamilyCurve], *, form: str = "saturating",
+                 study: str | None = None, level: float = 0.95):
+        self._curves = dict(sorted(curves.items()))
+        self.form, self.study, self.level = form, study, level
+
+    @classmethod
+    def from_points(cls, points: pa.Table, *, form: str = "saturating", n_boot: int = 1000,
+                    seed: int = 0, study: str | None = None, holdout: int | None = None,
+                    rel_tol: float | None = None, level: float = 0.95) -> "Curves":
+        """Fit every family in a points table (``POINT_COLUMNS``; extra columns ignored).
+
+        The law is fitted against ``n_params`` (the realised parameter count), not the
+        nominal ``budget``: structures hit a budget only within tolerance, and the law is
+        about parameters actually trained.
+        """
+        need = ("family", "n_params", "error")
+        missing = [c for c in need if c not in points.column_names]
+        if missing:
+            raise DataError(f"points table: missing column(s) {missing}")
+        curves = {}
+        fam_col = points.column("family").to_pylist()
+        for family in sorted(set(fam_col)):
+            sub = points.filter(pa.array([f == family for f in fam_col]))
+            curves[family] = _fit_family(family, sub, form=form, n_boot=n_boot,
+                                         seed=_family_seed(seed, family), holdout=holdout,
+                                         rel_tol=rel_tol, level=level)
+        return cls(curves, form=form, study=study, level=level)
+
+    # -- access --------------------------------------------------------------------------
+    @property
+    def families(self) -> list[str]:
+        return list(self._curves)
+
+    def family(self, name: str) -> FamilyCurve:
+        try:
+            return self._curves[name]
+        except KeyError:
+            raise KeyError(f"no family {name!r}; have {self.families}") from None
+
+    __getitem__ = family
+
+    def __iter__(self):
+        return iter(self._curves.values())
+
+    def __len__(self) -> int:
+        return len(self._curves)
+
+    def compare(self, a: str, b: str, target_error: float | None = None) -> dict[str, Any]:
+        """``fit.compare`` for two families; FitError if either has no fit."""
+        ca, cb = self.family(a), self.family(b)
+        for c in (ca, cb):
+            if c.fit is None:
+                raise FitError(f"family {c.family!r} has no fitted law to compare: "
+                               f"{'; '.join(c.flags)}")
+        return compare(ca.fit, cb.fit, target_error=target_error, level=self.level)
+
+    # -- export ----------------------------------------------------------------------------
+    def _rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for c in self:
+            f, ci = c.fit, c.ci(self.level)
+            row: dict[str, Any] = {"family": c.family, "form": c.form,
+                                   "n_points": f.n_points if f else 0}
+            for name in ("alpha", "E", "A") + (("alpha2", "P_break")
+                                               if c.form == "broken" else ()):
+                val = getattr(f, name) if f else math.nan
+                lo, hi = ci.get(name, (0.0, 0.0) if name == "E" else (math.nan, math.nan))
+                row.update({name: _f(val), f"{name}_lo": _f(lo), f"{name}_hi": _f(hi)})
+            ex = c.extrapolation
+            row.update({
+                "sigma": _f(f.sigma if f else math.nan), "loss": _f(f.loss if f else math.nan),
+                "converged": bool(f.converged) if f else False,
+                "grad_norm": _f(f.grad_norm if f else math.nan),
+                "at_bounds": list(f.at_bounds) if f else [],
+                "n_boot": int(f.boot.shape[0]) if f else 0,
+                "P_min": _f(f.P_min if f else math.nan), "P_max": _f(f.P_max if f else math.nan),
+                "extrapolation_ok": ex.get("ok"),
+                "extrapolation_max_rel_err": _f(ex.get("max_rel_err")),
+                "flags": list(c.flags),
+            })
+            rows.append(row)
+        return rows
+
+    def to_pandas(self):
+        """One row per family: parameters with CI bounds, convergence, extrapolation, flags."""
+        import pandas as pd
+
+        return pd.DataFrame(self._rows())
+
+    def to_arrow(self) -> pa.Table:
+        """Same rows as ``to_pandas`` with an explicit schema (so an all-clean study still
+        types ``flags`` as list<string>, not list<null>)."""
+        rows = self._rows()
+        if not rows:
+            return pa.table({"family": pa.array([], pa.string())})
+        types = {"family": pa.string(), "form": pa.string(), "n_points": pa.int64(),
+                 "n_boot": pa.int64(), "converged": pa.bool_(),
+                 "extrapolation_ok": pa.bool_(), "at_bounds": pa.list_(pa.string()),
+                 "flags": pa.list_(pa.string())}
+        schema = pa.schema([(k, types.get(k, pa.float64())) for k in rows[0]])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict (NaN → None): per family the fit summary, check, flags, points."""
+        fams = {}
+        for c in self:
+            fams[c.family] = {
+                "fit": c.fit.to_dict(self.level) if c.fit else None,
+                "extrapolation": c.extrapolation, "flags": list(c.flags),
+                "points": c.points.to_pylist(),
+            }
+        return _jsonable({"study": self.study, "form": self.form, "level": self.level,
+                          "families": fams})
+
+    def plot(self, path) -> str:
+        """Log-log PNG: points (± stderr) and each fitted curve with its CI band."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 5))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, c in enumerate(self):
+            col = colors[i % len(colors)]
+            P = np.asarray(c.points.column("n_params").to_pylist(), dtype=float)
+            L = np.asarray(c.points.column("error").to_pylist(), dtype=float)
+            se = (np.asarray(c.points.column("stderr").to_pylist(), dtype=float)
+                  if "stderr" in c.points.column_names else np.full(P.shape, np.nan))
+            ok = np.isfinite(P) & (P > 0) & np.isfinite(L) & (L > 0)
+            label = c.family
+            if c.fit is not None:
+                lo_a, hi_a = c.ci(self.level).get("alpha", (math.nan, math.nan))
+                label += f": α={c.alpha:.3f} [{lo_a:.3f}, {hi_a:.3f}]"
+                if c.extrapolation.get("ok") is False:
+                    label += " (extrapolation FAILED)"
+                grid = np.geomspace(c.fit.P_min / 2, c.fit.P_max * 4, 200)
+                ax.plot(grid, c.predict(grid), color=col, lw=1.5)
+                lo, hi = c.predict_interval(grid, self.level)
+                if np.isfinite(lo).all():
+                    ax.fill_between(grid, lo, hi, color=col, alpha=0.2, lw=0)
+            else:
+                label += " (no fit)"
+            ax.errorbar(P[ok], L[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0.0),
+                        fmt="o", ms=4, color=col, capsize=2, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters P")
+        ax.set_ylabel("test error")
+        ax.set_title(f"{self.study or 'scaling'}: {self.form} fits, "
+                     f"{int(self.level * 100)}% bootstrap bands")
+        ax.grid(True, which="both", alpha=0.3)
+        if len(self):
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return str(path)
+
+
+def _f(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _fit_family(family: str, pts: pa.Table, *, form, n_boot, seed, holdout, rel_tol,
+                level) -> FamilyCurve:
+    P = np.asarray(pts.column("n_params").to_pylist(), dtype=float)  # null → NaN
+    L = np.asarray(pts.column("error").to_pylist(), dtype=float)
+    se = (np.asarray(pts.column("stderr").to_pylist(), dtype=float)
+          if "stderr" in pts.column_names else None)
+    kw = dict(family=family, form=form, n_boot=n_boot, seed=seed)
+    try:
+        fit = fit_law(P, L, stderr=se, level=level, **kw)
+    except FitError as exc:
+        return FamilyCurve(family, form, pts, None,
+                           {"ok": None, "reason": "no fit", "held_out": []},
+                           [f"fit failed: {exc}"])
+    flags = list(fit.flags)
+    ex = extrapolation_check(P, L, stderr=se, holdout=holdout, level=level, rel_tol=rel_tol,
+                             **kw)
+    if ex["ok"] is None:
+        flags.append(f"extrapolation not checked: {ex['reason']}")
+    elif not ex["ok"]:
+        bad = [h for h in ex["held_out"] if not h["inside"]
+               or (rel_tol is not None and h["rel_err"] > rel_tol)]
+        flags.append("extrapolation check FAILED: " + "; ".join(
+            f"P={h['P']:.4g} observed {h['L']:.4g} vs predicted {h['pred']:.4g} "
+            f"({h['rel_err']:.1%} off, {int(level * 100)}% interval "
+            f"[{h['lo']:.4g}, {h['hi']:.4g}])" for h in bad))
+    return FamilyCurve(family, form, pts, fit, ex, flags)
