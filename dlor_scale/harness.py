@@ -44,9 +44,11 @@ keeps everything running until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -66,9 +68,10 @@ __all__ = ["LocalCluster", "HarnessError", "postgres_available", "free_port"]
 #: Env var placed on every process the harness starts; used only for the leftover sweep.
 MARKER_ENV = "DLOR_HARNESS_ID"
 
-#: Health-check settings for the head's GCS. Ray's defaults (3 s period x 5 failures plus
-#: timeouts) take ~15-30 s to declare a SIGKILLed node dead; tests want seconds. A killed
-#: raylet refuses connections at once, so a short period/threshold gives no false positives.
+#: Health-check settings for the head's GCS. With Ray's defaults a SIGKILLed node is declared
+#: dead only after several multi-second health-check periods; tests want ~3 s (measured 3.1-3.8
+#: s with these). A killed raylet refuses connections at once, so a short period/threshold does
+#: not produce false positives, even on a loaded 2-core box.
 FAST_NODE_DEATH_ENV = {
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "1000",
@@ -159,8 +162,6 @@ def postgres_available(postgres_url: str = "postgresql://postgres@127.0.0.1:5432
 def _ray_client_installed() -> bool:
     """``ray[client]`` (grpcio) is optional; ``ray start`` refuses ``--ray-client-server-port``
     without it and then starts no client server at all (same check as Ray's own)."""
-    import importlib.util
-
     return importlib.util.find_spec("grpc") is not None
 
 
@@ -170,6 +171,28 @@ def _tail(path: Path, n: int = 40) -> str:
     except OSError:
         return "<no log>"
     return "\n".join(lines[-n:])
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of all live descendants of ``root`` (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+    for e in entries:
+        try:
+            with open(f"/proc/{e.name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(e.name))
+    out, stack = [], [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(c)
+            stack.append(c)
+    return out
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -215,26 +238,50 @@ class _Proc:
         except (ProcessLookupError, PermissionError):
             return False
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after ``timeout`` seconds."""
-        if self.group_alive():
-            self.signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                self.popen.poll()
-                if not self.group_alive():
-                    break
-                time.sleep(0.1)
-            else:
-                self.signal_group(signal.SIGKILL)
+    def terminate(self) -> None:
+        """Send SIGTERM to the leader only (see :meth:`stop`)."""
+        if self.popen.poll() is None:
+            # Still un-reaped => the PID cannot have been recycled; safe to signal by PID.
+            self.popen.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait until the whole group is gone; SIGKILL the group at ``deadline``."""
+        while time.monotonic() < deadline:
+            self.popen.poll()
+            if not self.group_alive():
+                break
+            time.sleep(0.1)
+        else:
+            self.signal_group(signal.SIGKILL)
         try:
             self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
             pass
         self._logf.close()
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the leader, then SIGKILL the whole group if anything is left after
+        ``timeout`` seconds.
+
+        Only the *leader* (``ray start --block`` / ``mlflow server``) gets the SIGTERM: it
+        shuts its children down in order (~2 s for a Ray node). SIGTERM to the whole group at
+        once makes the raylet start a slow graceful drain while the GCS and monitor keep
+        waiting for it (measured: >10 s, ending in SIGKILL anyway).
+        """
+        self.terminate()
+        self.wait_or_kill(time.monotonic() + timeout)
+
     def kill(self) -> None:
+        """SIGKILL the group *and* every descendant. Ray's raylet starts its worker processes
+        in their own sessions, so the process group alone would leave them running until they
+        notice the dead raylet; a vanished machine takes everything with it at once."""
+        procs = _descendants(self.pid) if self.popen.poll() is None else []
         self.signal_group(signal.SIGKILL)
+        for pid in procs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover
@@ -264,7 +311,8 @@ class LocalCluster:
     token:
         Ray auth token; generated with :func:`secrets.token_hex` if not given.
     ray:
-        Set to False for MLflow/PostgreSQL-only tests (saves ~10 s of Ray start-up).
+        Set to False for MLflow/PostgreSQL-only tests (saves ~10 s of Ray start-up);
+        ``workers`` is then ignored.
     object_store_memory:
         Bytes of plasma per node. Ray's default (30 % of RAM per node) is pointless here.
     start_timeout:
@@ -286,6 +334,15 @@ class LocalCluster:
     nodes:        ``subprocess.Popen`` per node, index = node number (0 = head)
     token:        the Ray auth token
     mlflow_username / mlflow_password: admin credentials when ``mlflow_auth``
+    log_dir:      ``workdir/logs`` (``ray-head.log``, ``ray-worker-<i>.log``, ``mlflow.log``)
+
+    Methods
+    -------
+    kill_worker(i) / start_worker(i):   SIGKILL node i's processes / bring a replacement up
+    wait_for_nodes([0, ...]), node_info(), alive_nodes():  what the GCS reports
+    stop_mlflow() / start_mlflow() / restart_mlflow() / kill_mlflow(), mlflow_healthy()
+    leftover_pids():  processes still carrying this harness' marker ([] after stop)
+    start() / stop():  the same as ``__enter__`` / ``__exit__``
     """
 
     def __init__(
@@ -306,8 +363,8 @@ class LocalCluster:
     ):
         if workers < 0:
             raise ValueError("workers must be >= 0")
-        if workers and not ray:
-            raise ValueError("workers > 0 requires ray=True")
+        if not ray:
+            workers = 0  # MLflow/PostgreSQL-only harness; the default workers=1 is moot
         self.workdir = Path(workdir).resolve()
         self.workers = workers
         self.cpus_per_node = cpus_per_node
@@ -370,6 +427,9 @@ class LocalCluster:
         if self._started:
             raise HarnessError("LocalCluster already started")
         self._started = True
+        if self.mlflow_auth and importlib.util.find_spec("flask_wtf") is None:
+            # Otherwise the server dies after ~10 s with an ImportError buried in its log.
+            raise HarnessError("mlflow_auth=True needs Flask-WTF: depend on mlflow[auth]")
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -393,13 +453,17 @@ class LocalCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop MLflow, workers, head (SIGTERM -> SIGKILL), sweep leftovers, drop the DBs."""
-        if self._mlflow_proc is not None:
-            self._mlflow_proc.stop(timeout)
-            self._mlflow_proc = None
-        # Workers before head: a raylet whose GCS vanished first spends its time reconnecting.
-        for proc in reversed(self._node_procs):
-            if proc is not None:
-                proc.stop(timeout)
+        # MLflow and all workers in parallel, then the head: a raylet whose GCS vanished first
+        # would spend its shutdown trying to reconnect.
+        first = [p for p in [self._mlflow_proc, *self._node_procs[1:]] if p is not None]
+        for proc in first:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in first:
+            proc.wait_or_kill(deadline)
+        self._mlflow_proc = None
+        if self._node_procs and self._node_procs[0] is not None:
+            self._node_procs[0].stop(timeout)
         self._sweep_leftovers()
         self._drop_databases()
         if self._own_tmp is not None:
@@ -792,18 +856,18 @@ def _main(argv: list[str] | None = None) -> int:
         nonlocal stop
         stop = True
 
+    # Explicit handlers: a background job of a non-interactive shell inherits SIGINT=ignored,
+    # so relying on KeyboardInterrupt would leave the cluster running.
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     with cluster:
         print(f"# workdir: {workdir}  (logs in {cluster.log_dir})")
         print("# export these in the shell that runs your driver:")
         for k, v in cluster.env.items():
-            print(f"export {k}={v}")
+            print(f"export {k}={shlex.quote(v)}")
         sys.stdout.flush()
-        try:
-            while not stop:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        while not stop:
+            time.sleep(0.5)
         print("# stopping ...", flush=True)
     return 0
 
