@@ -145,6 +145,15 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
         out.print(t)
         done = len(list((Path(info["study_dir"]) / "units").glob("*.done.json")))
         out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}")
+        import time
+        for hb in sorted((Path(info["study_dir"]) / "heartbeats").glob("*.json")):
+            try:
+                beat = json.loads(hb.read_text())
+            except (OSError, ValueError):
+                continue
+            age = time.time() - beat["ts"]
+            state = "[red]dead?[/]" if age > 30 else "[green]running[/]"
+            out.print(f"unit {beat['unit']} on node {beat['node'][:12]}: {state} (heartbeat {age:.0f}s ago)")
     except DlorError as e:
         _fail(e)
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -53,6 +54,27 @@ def storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=kw)
 
 
+class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
+    """Random search whose draws are a pure function of (seed, trial number, name).
+
+    Why: Optuna's RandomSampler advances one RNG per process, so a unit that is
+    retried after a crash would re-draw the *first* configurations again. Seeding
+    each draw by trial number makes a resumed study sample exactly what an
+    undisturbed one would (the chaos test relies on it).
+    """
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self._seed = int(seed)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        from optuna._transform import _SearchSpaceTransform
+        h = hashlib.sha256(f"{self._seed}|{trial.number}|{param_name}".encode()).digest()
+        rng = np.random.RandomState(int.from_bytes(h[:4], "little"))
+        trans = _SearchSpaceTransform({param_name: param_distribution})
+        return trans.untransform(rng.uniform(trans.bounds[:, 0], trans.bounds[:, 1]))[param_name]
+
+
 def make_sampler(cfg, seed: int | None) -> optuna.samplers.BaseSampler:
     kind = cfg.kind
     if kind == "tpe":
@@ -61,7 +83,7 @@ def make_sampler(cfg, seed: int | None) -> optuna.samplers.BaseSampler:
             multivariate=getattr(cfg, "multivariate", True),
         )
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededRandomSampler(seed=seed) if seed is not None else optuna.samplers.RandomSampler()
     if kind == "qmc":
         return optuna.samplers.QMCSampler(qmc_type=getattr(cfg, "qmc_type", "sobol"), seed=seed,
                                           warn_independent_sampling=False)
