@@ -20,31 +20,21 @@ from pathlib import Path
 import pytest
 import yaml
 from studycheck import check_records
+from test_study_e2e import TINY
 
 from dlor_scale.harness import LocalCluster, postgres_available
 
 pytestmark = pytest.mark.cluster
 
-SPEC = {
-    "target": {"kind": "teacher", "d_in": 3, "widths": [8], "n_train": 128, "n_val": 64, "n_test": 64, "seed": 0},
-    "budgets": [120, 300],
-    "tolerance": 0.05,
-    "families": {
-        "dense": {"width": {"min": 2, "max": 64}, "depth": [0, 1, 2]},
-        "dlor_deep": {"width": 8, "rank": 1, "depth": {"min": 1, "max": 40}, "diag": "scalar"},
-    },
+# The e2e study, made longer, unpruned, checkpointing every report, and sampled by a
+# per-trial seeded random sampler, so a resumed study draws the same configs.
+SPEC = {k: v for k, v in TINY.items() if k != "name"} | {
     "search_space": {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True}},
-    "sampler": {"kind": "random", "seed": 7},   # per-trial seeded: a resumed study draws the same configs
+    "sampler": {"kind": "random", "seed": 7},
     "pruner": {"kind": "none"},
-    "trials_per_cell": 6,
-    "cohort_size": 2,
     "epochs": 400,
     "report_every": 20,
     "checkpoint_every": 1,
-    "confirm": {"top_k": 1, "seeds": 2},
-    "resources": {"cpu": 1, "gpu": 0},
-    "device": "cpu",
-    "compile": False,
 }
 
 
