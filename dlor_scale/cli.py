@@ -254,6 +254,23 @@ def export(
     out.print(f"wrote {table.num_rows} member runs to {out_file}")
 
 
+@app.command()
+def report(
+    target: str = typer.Argument(..., help="reconstruction | construction | rank1, or a trained study "
+                                           "(name, folder or spec file)"),
+    out_dir: Path = typer.Option(Path("docs/figures"), "--out", help="folder for the PNG figures and Markdown"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
+    log: bool = typer.Option(True, "--log/--no-log", help="also log the report to MLflow (kind=report)"),
+):
+    """Paper-reproduction report: figures (PNG) and a Markdown summary, also logged to MLflow."""
+    try:
+        from .report import make_report
+        path = make_report(target, out_dir, tracking_uri, log=log)
+    except DlorError as e:
+        _fail(e)
+    out.print(f"wrote {path}")
+
+
 def main():  # pragma: no cover - console entry point
     app()
 
