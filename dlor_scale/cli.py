@@ -20,8 +20,9 @@ from .errors import DlorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Scaling studies of Diagonal-plus-Low-Rank networks (Ray Tune + Optuna + MLflow).")
-out = Console()
-err = Console(stderr=True)
+# Wide when piped (rich would wrap at 80 columns), so commands and URIs stay copy-pasteable.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _fail(e: DlorError):

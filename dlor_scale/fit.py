@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
 
 from dlor_scale.errors import FitError
 
@@ -561,6 +560,8 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
         starts = starts[np.argsort(init, kind="stable")[:MAX_REFINED_STARTS]]
     th, loss, conv = _best_of(form, starts, x, y, w, lo, hi, delta, 1)
     theta = th[0]
+    from scipy import optimize  # imported here: `import dlor_scale` stays light for Ray workers
+
     res = optimize.minimize(lambda t: _loss_grad(form, t, x, y, w, delta), theta, jac=True,
                             method="L-BFGS-B", bounds=list(zip(lo, hi)),
                             options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 2000})

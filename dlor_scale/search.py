@@ -157,8 +157,8 @@ class OptunaSource:
     """
 
     def __init__(self, study: optuna.Study, *, unit: str, cell_key: str, space: dict, quota: int,
-                 base_seed: int, in_flight: set[int] = frozenset(),
-                 on_result: Callable[[MemberResult, optuna.trial.FrozenTrial], None] | None = None):
+                 base_seed: int, in_flight: set[int] = frozenset(), final_epoch: int | None = None,
+                 on_result: Callable[[MemberResult, int, bool], None] | None = None):
         self.study = study
         self.unit = unit
         self.cell_key = cell_key
@@ -166,6 +166,8 @@ class OptunaSource:
         self.quota = quota
         self.base_seed = base_seed
         self.on_result = on_result
+        self.final_epoch = final_epoch
+        self.fresh: set[str] = set()  # keys asked in this attempt: no MLflow run can exist yet
         self.trials: dict[str, optuna.Trial] = {}
         mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("unit") == unit]
         self.started = len(mine)
@@ -198,12 +200,18 @@ class OptunaSource:
             self.started += 1
             trial.set_user_attr("unit", self.unit)  # key and seed derive from the number
             params = suggest(trial, self.space)
+            self.fresh.add(self._key(trial.number))
         key = self._key(trial.number)
         seed = member_seed(self.base_seed, self.cell_key, trial.number)
         self.trials[key] = trial
         return member_spec(key, seed, params)
 
     def on_report(self, key: str, epoch: int, train_loss: float, val_error: float) -> bool:
+        if self.final_epoch is not None and epoch >= self.final_epoch:
+            # A member that trained every epoch is complete: never pruned at the line.
+            if key in self.trials and math.isfinite(val_error):
+                self.trials[key].report(float(val_error), int(epoch))
+            return False
         if key in self.replay:
             done = self.replay[key]
             last = max(done.intermediate_values, default=-1)
@@ -218,17 +226,20 @@ class OptunaSource:
         if result.key in self.replay:
             frozen = self.replay.pop(result.key)
             if self.on_result is not None:
-                self.on_result(result, frozen)
+                self.on_result(result, frozen.number, False)
             return
         trial = self.trials.pop(result.key)
         state = state_of(result)
         value = result.best_val if state == TrialState.COMPLETE and math.isfinite(result.best_val) else None
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
-        frozen = self.study.tell(trial, value, state=state, skip_if_finished=True)
-        self.counts[result.state] = self.counts.get(result.state, 0) + 1
+        # Record first (durably parked), then tell: a crash in between leaves a RUNNING
+        # trial that is retrained to the same record, never a finished trial without one.
         if self.on_result is not None:
-            self.on_result(result, frozen)
+            self.on_result(result, trial.number, result.key in self.fresh)
+        self.fresh.discard(result.key)
+        self.study.tell(trial, value, state=state, skip_if_finished=True)
+        self.counts[result.state] = self.counts.get(result.state, 0) + 1
 
 
 class FixedSource:

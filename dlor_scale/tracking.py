@@ -167,9 +167,13 @@ class Tracker:
 
     def record_run(self, key: str, *, name: str, kind: str, parent_id: str | None,
                    params: dict, tags: dict, curves: dict[str, list[tuple[int, float]]],
-                   finals: dict[str, float], status: str = "FINISHED") -> str:
-        """Write one complete run exactly once (safe to call again after a crash)."""
-        existing = self.find_run(key)
+                   finals: dict[str, float], status: str = "FINISHED", fresh: bool = False) -> str:
+        """Write one complete run exactly once (safe to call again after a crash).
+
+        `fresh=True` promises that no run with this key can exist yet (the member was
+        first started in this process), which saves the lookup; replays never pass it.
+        """
+        existing = None if fresh else self.find_run(key)
         if existing is not None and existing.data.tags.get("dlor.complete") == "1":
             return existing.info.run_id
         if existing is None:
@@ -290,18 +294,18 @@ class AsyncRecorder:
         self.thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, record: dict) -> None:
+    def submit(self, record: dict, fresh: bool = False) -> None:
         path = self.tracker.park(record)
-        self.q.put((path, record))
+        self.q.put((path, record, fresh))
 
     def _loop(self):
         while True:
             item = self.q.get()
             if item is None:
                 return
-            path, record = item
+            path, record, fresh = item
             try:
-                self.tracker.record_run(**record)
+                self.tracker.record_run(**record, fresh=fresh)
                 path.unlink(missing_ok=True)
             except Exception as exc:  # noqa: BLE001 - stays parked; flush_outbox retries
                 log.warning("MLflow write of %s failed (%s); kept in outbox", record["key"], exc)

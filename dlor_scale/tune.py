@@ -234,13 +234,13 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     ctx = build_context(study, plan, source, threads=threads)
     tracker = prepare_stores(study, plan, ctx, resume=True)
     study_dir = Path(ctx["study_dir"])
-    started_ray = _init_ray(address, study_dir, cpus)
+    units = search_units(study, plan)
+    todo = [u for u in units if not UnitFiles(study_dir, u["id"]).done.exists()]
+    finished = not todo and (study.confirm is None or _confirm_done(study_dir))
+    started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
     try:
-        units = search_units(study, plan)
         if progress:
             progress.start(plan, units, study)
-        todo = [u for u in units if not UnitFiles(study_dir, u["id"]).done.exists()]
-        if progress:
             progress.mark_done([u for u in units if u not in todo], study_dir)
         failed = _run_phase(todo, ctx, study, "search", progress)
         if failed:
@@ -253,6 +253,8 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         failed = _run_phase(ctodo, ctx, study, "confirm", progress)
         if failed:
             raise DlorError(f"{len(failed)} confirmation unit(s) failed: {', '.join(failed)}")
+        (study_dir / "units").mkdir(parents=True, exist_ok=True)
+        (study_dir / "units" / "confirm.complete").touch()
         left = flush_all_outboxes(ctx)
         if left:
             raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
@@ -268,6 +270,11 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         result.fit = _fit_study(study, tracker)
     tracker.finish(ctx["study_run"])
     return result
+
+
+def _confirm_done(study_dir: Path) -> bool:
+    """True once a previous launch finished the confirmation phase (marker file)."""
+    return (study_dir / "units" / "confirm.complete").exists()
 
 
 def unit_totals(study_dir: Path, units: list[dict]) -> dict:

@@ -203,15 +203,15 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
             sampler=_sampler(study, unit), pruner=_pruner(study),
         )
 
-        def on_result(result: MemberResult, frozen):
-            recorder.submit(member_record(ctx, unit, shape, result,
-                                          optuna_trial=frozen.number, settings=settings))
+        def on_result(result: MemberResult, number: int, fresh: bool):
+            recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=number, settings=settings),
+                            fresh=fresh)
             publish(result)
 
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
         source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=ctx["search_space"],
                               quota=unit["quota"], base_seed=ctx["seed"], in_flight=in_flight,
-                              on_result=on_result)
+                              final_epoch=ctx["epochs"], on_result=on_result)
     else:
         members = [MemberSpec(**m) for m in unit["members"]]
 
