@@ -22,11 +22,20 @@ Design, and why each piece is there:
 * **Few host syncs.** Steps only enqueue work. The host reads the device once per report
   round (train loss accumulated on device + val/test metrics in one ``.tolist()``).
 * **Fused step.** The whole step (forward, backward via `torch.func.grad_and_value`,
-  AdamW) is one function that `torch.compile` turns into a few fused loops. On CPU the
-  cohort runs in chunks of C members so one chunk's activations stay in cache, and
-  skinny matmuls (a dim ≤ ``SKINNY``, e.g. rank 2) are written as broadcast-reduce so
-  they fuse with the elementwise work instead of going through BLAS at ~2 GFLOP/s.
-  See benchmarks/README.md for the measurements behind these choices.
+  AdamW) is one function that `torch.compile` turns into one C++/Triton kernel plus the
+  fat bmm calls. On CPU the cohort runs in chunks of C members so a chunk's activations
+  stay in cache; skinny matmuls (a dim ≤ ``SKINNY``, e.g. rank 2) are written as
+  broadcast-reduce so they fuse with the elementwise work instead of going through
+  BLAS at ~2 GFLOP/s; tanh is a rational approximation (`tanh_rational`, ≤ 4e-7 abs
+  error) stored once per layer. Eager mode (``compile=False``) runs `models.forward`
+  with plain autograd. See benchmarks/README.md for the measurements behind this.
+
+Reports: at member epochs that are multiples of ``report_every`` and at its last epoch,
+``on_report`` gets the mean train loss of that epoch's steps and the val error of the
+current weights; ``test_error`` of a finished member is measured at its last report.
+A non-finite train loss or val error finishes the member as ``diverged`` (its point is
+recorded in the curves; ``on_report`` is not called). The cohort never produces
+``failed`` itself: an exception propagates, and the driver resumes from a checkpoint.
 
 Minibatches: ``steps_per_epoch = N // batch_size``; the last partial batch is DROPPED so
 every step has the same shape (one compiled graph) and every member sees equally many
@@ -53,11 +62,15 @@ METRICS = ("mse", "rmse", "max_abs", "rel_l2")
 STATES = ("completed", "pruned", "diverged", "failed")
 PRECISIONS = ("fp32", "tf32", "bf16")
 _STATE_VERSION = 1
-_CACHE_BUDGET_BYTES = 12 << 20   # CPU chunk working set (measured: 8–16 members of a
-                                  # w64/L8/B256 net is the flat optimum on a 32 MB L3)
+_CACHE_BUDGET_BYTES = 16 << 20   # CPU chunk working set: for w64/L8/B256 (~2 MB of
+                                  # activations per member) → chunk 8; measured chunk
+                                  # 4: 2.6k, 8–16: 2.8–3.4k, 32: 1.7k model-steps/s
+_CAT_GRADS_MIN_P = 16_384         # per-member params from which per-segment grads + cat
+                                  # beat the masked flat reassembly (see _step_func)
 _EVAL_BUDGET_ELEMS = 1 << 22      # rows × K × width per eval chunk (16 MB of fp32)
-_COMPILE_MIN_CPU_SLOTS = 8        # CPU 'auto' compiles from this capacity on (measured)
-_COMPILE_MIN_STEPS = 500          # …and only if the run is long enough to amortise it
+_COMPILE_MIN_MODEL_STEPS = 20_000  # CPU 'auto': compiled steps are 2–8× faster than eager
+                                   # even at K=1 (measured), so compile whenever one
+                                   # generation of members amortises the compile time
 
 
 # ----------------------------------------------------------------------------- API types
@@ -137,15 +150,22 @@ class FlatLayout:
             off += n
         self.numel = off
 
-    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``[K, P]`` → natural-shaped ``[K, *shape]`` views (no copies)."""
-        k = flat.shape[0]
+    def segments(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[K, P]`` → one ``[K, numel]`` view per parameter tensor."""
+        return [flat[:, e.offset:e.offset + e.numel] for e in self.entries]
+
+    def views_of(self, segs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Segments → natural-shaped ``[K, *shape]`` views (no copies)."""
         out = {}
-        for e in self.entries:
-            seg = flat[:, e.offset:e.offset + e.numel]
+        for e, seg in zip(self.entries, segs):
+            k = seg.shape[0]
             out[e.name] = (seg.view(k, *e.shape[::-1]).transpose(1, 2) if e.transposed
                            else seg.view(k, *e.shape))
         return out
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[K, P]`` → natural-shaped ``[K, *shape]`` views (no copies)."""
+        return self.views_of(self.segments(flat))
 
     def pack(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """One member's natural-layout dict → its flat row ``[P]``."""
@@ -208,13 +228,59 @@ def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, w)
 
 
-def fused_forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`models.forward` with skinny products as broadcast-reduce (compile-friendly).
+# Rational minimax approximation of tanh on [-7.9, 7.9] (Eigen's generic_fast_tanh_float,
+# as used by XLA/TF on CPU): numerator odd degree 13, denominator even degree 6.
+_TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+           5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+           -2.76076847742355e-16)
+_TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+           1.19825839466702e-06)
+_TANH_CLAMP = 7.90531110763549805
 
-    Same maths, different summation order; the compiled-vs-eager test bounds the gap.
+
+def tanh_rational(x: torch.Tensor) -> torch.Tensor:
+    """tanh to within ~3 ulp (max abs error 3.4e-7), in ~12 fusable multiply-adds.
+
+    Why: compiled (Sleef u10) tanh costs ~55 cycles per 16 floats on this CPU and was
+    the single largest term of the dlor_deep step; this costs a third of that.
+    """
+    xc = x.clamp(-_TANH_CLAMP, _TANH_CLAMP)
+    x2 = xc * xc
+    p = x2 * _TANH_P[6] + _TANH_P[5]
+    for c in _TANH_P[4::-1]:
+        p = x2 * p + c
+    q = x2 * _TANH_Q[3] + _TANH_Q[2]
+    for c in _TANH_Q[1::-1]:
+        q = x2 * q + c
+    return torch.where(x.abs() < 4e-4, x, xc * p / q)
+
+
+class _Tanh(torch.autograd.Function):
+    """tanh_rational forward, exact tanh' = 1 − y² backward (as aten's tanh_backward)."""
+
+    @staticmethod
+    def forward(x):
+        return tanh_rational(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+def fused_forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor,
+                  fast_tanh: bool = True) -> torch.Tensor:
+    """`models.forward` rewritten for the compiler: skinny products as broadcast-reduce,
+    and (CPU) tanh as `tanh_rational`. Same function up to float rounding (tests bound
+    the gap). On CUDA the compiler's own tanh is already cheap, so it is kept.
     """
     layers = shape.layers()
-    act = activation_fn(shape.activation)
+    act = (_Tanh.apply if fast_tanh and shape.activation == "tanh"
+           else activation_fn(shape.activation))
     k = next(iter(params.values())).shape[0]
     h = x if x.dim() == 3 else x.unsqueeze(0).expand(k, *x.shape)
     for i, layer in enumerate(layers):
@@ -229,24 +295,38 @@ def fused_forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor
     return h
 
 
-def _adamw_(p, g, m, v, step, hyp):
-    """In-place AdamW over ``[K, P]`` in torch.optim.AdamW's exact order.
+def adamw_coefficients(step: torch.Tensor, hyp: torch.Tensor) -> torch.Tensor:
+    """Per-member AdamW scalars for the next step, ``[K, 6]`` float32; advances ``step``.
 
-    Per-member scalars (lr, wd, betas, bias corrections) are ``[K,1]`` float64 like the
-    Python floats AdamW uses, then rounded once to float32, as AdamW's kernels do.
-    Empty slots carry lr = wd = 0, so they never move.
+    Computed in float64 like the Python floats torch.optim.AdamW uses, then rounded once
+    to float32 as its kernels do. Done once per cohort step OUTSIDE the compiled step:
+    inside it, the generated C++ re-evaluated both float64 ``pow`` calls for every
+    16 parameters.
+    Columns: 1 − lr·wd, 1 − β1, β2, 1 − β2, −lr / (1 − β1ᵗ), √(1 − β2ᵗ).
     """
     step.add_(1)
-    lr, wd, b1, b2 = hyp.unbind(1)
-    lr, wd, b1, b2 = lr[:, None], wd[:, None], b1[:, None], b2[:, None]
-    f32 = torch.float32
-    p.mul_((1 - lr * wd).to(f32))
-    m.lerp_(g, (1 - b1).to(f32))
-    v.mul_(b2.to(f32)).addcmul_(g * (1 - b2).to(f32), g)
-    step_size = (lr / (1 - b1 ** step)).to(f32)
-    bc2_sqrt = torch.sqrt(1 - b2 ** step).to(f32)
-    denom = (v.sqrt() / bc2_sqrt).add_(EPS)
-    p.addcdiv_(m * -step_size, denom)
+    lr, wd, b1, b2 = (h[:, None] for h in hyp.unbind(1))
+    return torch.cat([1 - lr * wd, 1 - b1, b2, 1 - b2, -lr / (1 - b1 ** step),
+                      torch.sqrt(1 - b2 ** step)], dim=1).to(torch.float32)
+
+
+_V_FLOOR = 1e-36   # see _adamw_
+
+
+def _adamw_(p, g, m, v, c):
+    """In-place AdamW over ``[K, P]`` in torch.optim.AdamW's exact order (c: coefficients).
+
+    Empty slots carry lr = wd = 0, so they never move. ``sqrt`` reads ``max(v, 1e-36)``:
+    a denormal v (tiny gradients) makes sqrt ~40× and the division ~7× slower on x86
+    (microcode assists; measured 2–3× on a whole dlor_deep step). It cannot change the
+    result: √1e-36 / √(1−β2) is far below half an ulp of eps, so ``denom == eps``
+    either way; v itself is stored unclamped.
+    """
+    p.mul_(c[:, 0:1])
+    m.lerp_(g, c[:, 1:2])
+    v.mul_(c[:, 2:3]).addcmul_(g * c[:, 3:4], g)
+    denom = (v.clamp_min(_V_FLOOR).sqrt() / c[:, 5:6]).add_(EPS)
+    p.addcdiv_(m * c[:, 4:5], denom)
 
 
 def _loss_terms(fwd, p, x, y, autocast: torch.dtype | None):
@@ -259,24 +339,56 @@ def _loss_terms(fwd, p, x, y, autocast: torch.dtype | None):
     return per.sum(), per.detach()
 
 
-def _step_func(fwd, p, m, v, acc, step, hyp, x, y, autocast=None):
-    """One fused AdamW step for a block of members, entirely in place (compiled path)."""
-    grad_fn = torch.func.grad_and_value(
-        lambda q: _loss_terms(fwd, q, x, y, autocast), has_aux=True)
-    g, (_, per) = grad_fn(p)
+def _step_func(fwd, split, p, m, v, acc, coef, x, y, autocast=None, cat_grads=False):
+    """One fused AdamW step for a block of members, entirely in place (compiled path).
+
+    ``split`` cuts the flat ``[K, P]`` buffer into per-tensor segments (views) and
+    ``fwd`` maps segments to outputs. The flat gradient is either taken through the
+    slices (the compiler reassembles it with a masked select over all ~30 segments per
+    element: cheap for small P) or per segment then concatenated (one copy; measured
+    1.3–1.5× faster for dense w64, P = 34k, but 2–3× slower for dlor_deep w64, P = 3.5k,
+    whose fused kernel then hits denormal assists — flushing denormals removes the gap).
+    """
+    if cat_grads:
+        grad_fn = torch.func.grad_and_value(
+            lambda qs: _loss_terms(fwd, qs, x, y, autocast), has_aux=True)
+        gs, (_, per) = grad_fn(split(p))
+        g = torch.cat(gs, dim=1)
+    else:
+        grad_fn = torch.func.grad_and_value(
+            lambda q: _loss_terms(fwd, split(q), x, y, autocast), has_aux=True)
+        g, (_, per) = grad_fn(p)
     acc.add_(per)
-    _adamw_(p, g, m, v, step, hyp)
+    _adamw_(p, g, m, v, coef)
 
 
-def _step_autograd(fwd, p, m, v, acc, step, hyp, x, y, autocast=None):
-    """The same step with plain autograd: lower per-op overhead when not compiled."""
+def _step_autograd(fwd, split, p, m, v, acc, coef, x, y, autocast=None, cat_grads=False):
+    """The same step with plain autograd on the flat buffer (eager: fewest ops)."""
     with torch.enable_grad():
         q = p.detach().requires_grad_(True)
-        total, per = _loss_terms(fwd, q, x, y, autocast)
+        total, per = _loss_terms(fwd, split(q), x, y, autocast)
         (g,) = torch.autograd.grad(total, q)
     with torch.no_grad():
         acc.add_(per)
-        _adamw_(p, g, m, v, step, hyp)
+        _adamw_(p, g, m, v, coef)
+
+
+def _eval_block(fwd, split, p, x, y, w):
+    """Per-member Σ w·(out − y)² and max w·|out − y| over one block of eval rows.
+
+    Rows are padded to whole blocks (w = 0 on padding) so every call has one shape and
+    one compiled graph; x and y are shared by all members.
+    """
+    d = (fwd(split(p), x).float() - y) * w[:, None]
+    return d.double().square().sum(dim=(1, 2)), d.abs().amax(dim=(1, 2))
+
+
+def _compile_options(cuda: bool) -> dict:
+    """Inductor options. CPU: materialise any pointwise expression over 24 ops, so each
+    layer's `tanh_rational` output is computed once and stored instead of being inlined
+    (recomputed) into its ~5 consumers (measured 1.7× on the dlor_deep step).
+    CUDA: the whole step replays as a CUDA graph (what mode='reduce-overhead' sets)."""
+    return {"triton.cudagraphs": True} if cuda else {"realize_cpu_opcount_threshold": 24}
 
 
 def _private_copy(fn):
@@ -363,24 +475,24 @@ class Cohort:
         self.steps_per_epoch = 1 if self.full_batch else n // self.batch
 
         cuda = self.device.type == "cuda"
-        if chunk is None:
+        if chunk is None:   # CPU: largest power of two whose activations fit the budget
             per_member = 4 * self.batch * max(shape.width, shape.d_in) * 3 * (shape.depth + 2)
-            chunk = slots if cuda else max(1, _CACHE_BUDGET_BYTES // per_member)
+            fit = max(1, _CACHE_BUDGET_BYTES // per_member)
+            chunk = slots if cuda else 1 << (fit.bit_length() - 1)
         n_chunks = math.ceil(slots / max(1, min(chunk, slots)))
         self.chunk = math.ceil(slots / n_chunks)     # equal chunks: one compiled shape
         self.capacity = self.chunk * n_chunks        # ≥ slots; spare slots stay empty
         self.slots = slots
 
-        if compile == "auto":
-            long_run = epochs * self.steps_per_epoch >= _COMPILE_MIN_STEPS
-            compile = cuda or (long_run and self.capacity >= _COMPILE_MIN_CPU_SLOTS)
+        if compile == "auto":   # CPU: only when the run amortises a 15–40 s compile
+            compile = cuda or self.capacity * epochs * self.steps_per_epoch >= _COMPILE_MIN_MODEL_STEPS
         self._autocast = torch.bfloat16 if (precision == "bf16" and cuda) else None
         eff_precision = precision if cuda else "fp32"
         if eff_precision != precision:
             warnings.warn(f"precision={precision!r} is CUDA-only; training in fp32 on {self.device}")
         self.settings = {
             "device": str(self.device), "compile": bool(compile),
-            "compile_mode": ("reduce-overhead" if cuda else "default") if compile else None,
+            "compile_options": _compile_options(cuda) if compile else None,
             "precision": eff_precision,
             "matmul_precision": "high" if eff_precision == "tf32" else "highest",
             "autocast": str(self._autocast) if self._autocast else None,
@@ -389,14 +501,18 @@ class Cohort:
             "steps_per_epoch": self.steps_per_epoch, "last_partial_batch": "dropped",
             "skinny_max": SKINNY, "threads": torch.get_num_threads(),
         }
-        self._compiled = None
+        self._compiled = self._eval_compiled = None
         if compile:
+            opts = _compile_options(cuda)
             self._compiled = torch.compile(_private_copy(_step_func), fullgraph=True,
-                                           dynamic=False, mode=self.settings["compile_mode"])
-        self._fwd = lambda p, x: (fused_forward if compile else forward)(
-            shape, self.layout.views(p), x)
-        self._y_norm = {s: float(torch.linalg.vector_norm(getattr(self.data, f"y_{s}").double()))
-                        for s in ("val", "test")}
+                                           dynamic=False, options=opts)
+            self._eval_compiled = torch.compile(_private_copy(_eval_block), fullgraph=True,
+                                                dynamic=False, options=opts)
+            self._fwd = lambda segs, x: fused_forward(shape, self.layout.views_of(segs), x,
+                                                      fast_tanh=not cuda)
+        else:
+            self._fwd = lambda segs, x: forward(shape, self.layout.views_of(segs), x)
+        self._eval_sets = {s: self._pad_split(s) for s in ("val", "test")}
         self.stats = {"steps": 0, "model_steps": 0, "report_rounds": 0, "compactions": 0,
                       "train_s": 0.0, "eval_s": 0.0, "first_step_s": None}
         self._alloc(self.capacity)
@@ -414,10 +530,11 @@ class Cohort:
         self.hyp = torch.zeros(k, 4, dtype=torch.float64, device=dev)   # lr, wd, b1, b2
         self.hyp[:, 2:] = 0.5                                          # harmless for empty slots
         self.acc = torch.zeros(k, device=dev)
+        self.coef = torch.zeros(k, 6, device=dev)
         self.seeds = torch.zeros(k, dtype=torch.int64, device=dev)
         self.ep = torch.zeros(k, dtype=torch.int64, device=dev)
         if self.device.type == "cuda" and self.settings["compile"]:
-            for t in (self.flat, self.m, self.v, self.acc, self.step, self.hyp):
+            for t in (self.flat, self.m, self.v, self.acc, self.coef):
                 torch._dynamo.mark_static_address(t)   # mutated in place by the graph
 
     def _start(self, slot: int, spec: MemberSpec):
@@ -471,7 +588,7 @@ class Cohort:
             return
         idx = torch.tensor(active + [i for i in range(self.capacity) if i not in active],
                            device=self.device)[:new_k]
-        for name in ("flat", "m", "v", "step", "hyp", "acc", "seeds", "ep"):
+        for name in ("flat", "m", "v", "step", "hyp", "acc", "coef", "seeds", "ep"):
             setattr(self, name, getattr(self, name)[idx].clone())
         self.members = [self.members[i] for i in idx.tolist()]
         self.capacity = self.slots = new_k
@@ -482,22 +599,29 @@ class Cohort:
 
     def _call_step(self, sl: slice, x, y):
         whole = sl.stop - sl.start == self.capacity    # pass the tensors themselves, so
-        state = (self.flat, self.m, self.v, self.acc, self.step, self.hyp)  # CUDA graphs
-        if not whole:                                   # see their static addresses
+        state = (self.flat, self.m, self.v, self.acc, self.coef)  # CUDA graphs see
+        if not whole:                                  # their static addresses
             state = tuple(t[sl] for t in state)
-        args = (self._fwd, *state, x, y, self._autocast)
-        if self._compiled is not None:
+        args = (self.layout.segments, *state, x, y, self._autocast,
+                self.layout.numel >= _CAT_GRADS_MIN_P)
+        return self._dispatch("_compiled", _step_autograd, args)
+
+    def _dispatch(self, attr: str, eager, args):
+        """Run the compiled function ``attr`` (or ``eager``); any compiler failure turns
+        the cohort eager for good, with one warning (no state was touched yet: compile
+        errors are raised before the graph runs)."""
+        compiled = getattr(self, attr)
+        if compiled is not None:
             try:
-                return self._compiled(*args)
+                return compiled(self._fwd, *args)
             except Exception as exc:  # noqa: BLE001 — any compiler failure → eager
                 warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); "
                               "continuing in eager mode")
-                self._compiled = None
-                self.settings.update(compile=False, compile_mode=None,
+                self._compiled = self._eval_compiled = None
+                self.settings.update(compile=False, compile_options=None,
                                      compile_error=f"{type(exc).__name__}: {exc}"[:500])
-                self._fwd = lambda p, x_: forward(self.shape, self.layout.views(p), x_)
-                args = (self._fwd,) + args[1:]
-        return _step_autograd(*args)
+                self._fwd = lambda segs, x_: forward(self.shape, self.layout.views_of(segs), x_)
+        return eager(self._fwd, *args)
 
     def _train_epoch(self):
         """One epoch for every slot: no host sync inside."""
@@ -507,6 +631,7 @@ class Cohort:
             perm = member_order(self.seeds, self.ep, d.x_train.shape[0])
         live = [i for i in range(0, k, c) if any(self.members[i:i + c])]
         for s in range(self.steps_per_epoch):
+            self.coef.copy_(adamw_coefficients(self.step, self.hyp))
             if not self.full_batch:
                 idx = perm[:, s * self.batch:(s + 1) * self.batch]
             for c0 in live:
@@ -522,40 +647,62 @@ class Cohort:
         self.stats["steps"] += self.steps_per_epoch
         self.stats["model_steps"] += self.steps_per_epoch * sum(m is not None for m in self.members)
 
+    def _pad_split(self, split: str):
+        """(x, y, w, n, ‖y‖, block rows) of an eval split, padded to whole row blocks."""
+        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        n = x.shape[0]
+        rows = max(1, min(n, _EVAL_BUDGET_ELEMS // (self.chunk * max(self.shape.width, 1))))
+        pad = math.ceil(n / rows) * rows - n
+        w = torch.ones(n + pad, device=self.device)
+        w[n:] = 0
+        xp = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        yp = torch.cat([y, y.new_zeros(pad, y.shape[1])])
+        return xp, yp, w, n, float(torch.linalg.vector_norm(y.double())), rows
+
     @torch.no_grad()
-    def _metrics(self) -> torch.Tensor:
-        """``[K, 2]`` val and test error of every slot, in fp32 eager (rows chunked)."""
-        out = []
-        views = self.layout.views(self.flat)
-        rows = max(1, _EVAL_BUDGET_ELEMS // (self.capacity * max(self.shape.width, 1)))
-        for split in ("val", "test"):
-            x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
-            sq = torch.zeros(self.capacity, dtype=torch.float64, device=self.device)
-            mx = torch.zeros(self.capacity, device=self.device)
+    def _metrics(self, split: str) -> torch.Tensor:
+        """``[K]`` float64 error of every slot on a split (device tensor, no sync)."""
+        x, y, w, n, y_norm, rows = self._eval_sets[split]
+        sq = torch.zeros(self.capacity, dtype=torch.float64, device=self.device)
+        mx = torch.zeros(self.capacity, device=self.device)
+        c = self.chunk
+        for c0 in range(0, self.capacity, c):
+            if not any(self.members[c0:c0 + c]):
+                continue
+            p = self.flat if c == self.capacity else self.flat[c0:c0 + c]
             for r0 in range(0, x.shape[0], rows):
-                diff = forward(self.shape, views, x[r0:r0 + rows]) - y[r0:r0 + rows]
-                sq += diff.double().square().sum(dim=(1, 2))
-                mx = torch.maximum(mx, diff.abs().amax(dim=(1, 2)))
-            mse = sq / y.numel()
-            err = {"mse": mse, "rmse": mse.sqrt(), "max_abs": mx.double(),
-                   "rel_l2": sq.sqrt() / self._y_norm[split]}[self.metric]
-            out.append(err)
-        return torch.stack(out, dim=1)
+                r = slice(r0, r0 + rows)
+                s_, m_ = self._dispatch("_eval_compiled", _eval_block,
+                                        (self.layout.segments, p, x[r], y[r], w[r]))
+                sq[c0:c0 + c] += s_
+                mx[c0:c0 + c] = torch.maximum(mx[c0:c0 + c], m_)
+        mse = sq / (n * y.shape[1])
+        return {"mse": mse, "rmse": mse.sqrt(), "max_abs": mx.double(),
+                "rel_l2": sq.sqrt() / y_norm}[self.metric]
 
     def _report_round(self, due: list[int]):
-        """One host sync: report due members, finish/prune/diverge, refill, compact."""
+        """Report due members, finish/prune/diverge, refill, compact.
+
+        One host sync (train loss + val error, plus test error when a due member is at
+        its last epoch); a second one only when the source prunes someone, for the test
+        error of the pruned. Test error is thus measured only for finishing members.
+        """
         t0 = time.perf_counter()
-        train = (self.acc.double() / self.steps_per_epoch).unsqueeze(1)
-        vals = torch.cat([train, self._metrics()], dim=1).tolist()
+        completing = any(self.members[s].epoch >= self.epochs for s in due)
+        cols = [self.acc.double() / self.steps_per_epoch, self._metrics("val")]
+        if completing:
+            cols.append(self._metrics("test"))
+        vals = torch.stack(cols, dim=1).tolist()
         now = time.perf_counter()
         self.stats["eval_s"] += now - t0
+        pruned = []
         for slot in due:
             mem = self.members[slot]
-            tl, ve, te = vals[slot]
+            tl, ve = vals[slot][:2]
             mem.train_loss.append((mem.epoch, tl))
             mem.val_error.append((mem.epoch, ve))
             if not (math.isfinite(tl) and math.isfinite(ve)):
-                self._finish(slot, "diverged", te, now)
+                self._finish(slot, "diverged", math.nan, now)
                 continue
             if not ve >= mem.best_val:          # also true while best_val is NaN
                 mem.best_val = ve
@@ -563,9 +710,14 @@ class Cohort:
                     and ve <= self.threshold):
                 mem.threshold_epoch = mem.epoch
             if self._source.on_report(mem.spec.key, mem.epoch, tl, ve):
-                self._finish(slot, "pruned", te, now)
+                pruned.append(slot)
             elif mem.epoch >= self.epochs:
-                self._finish(slot, "completed", te, now)
+                self._finish(slot, "completed", vals[slot][2], now)
+        if pruned:
+            test = self._metrics("test").tolist()
+            now = time.perf_counter()
+            for slot in pruned:
+                self._finish(slot, "pruned", test[slot], now)
         self._refill()
         self._compact()
         self.stats["report_rounds"] += 1

@@ -184,6 +184,7 @@ def test_diverging_member_is_isolated():
     assert with_bad["bad"].state == "diverged"
     assert with_bad["bad"].epochs == 2               # caught at its first report
     assert not math.isfinite(with_bad["bad"].val_error[-1][1])
+    assert math.isnan(with_bad["bad"].test_error)     # no meaningful test error
     for key in ("m0", "m1"):
         a, b = with_bad[key], without[key]
         assert a.state == b.state == "completed"
@@ -285,15 +286,20 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 # ----------------------------------------------------------------------------- 4. compiled path
 
-def test_compiled_step_matches_eager():
-    """torch.compile path (fused forward, skinny products, chunks of 2) vs eager."""
-    shape = Shape("dlor_deep", d_in=3, d_out=2, width=8, depth=1, rank=2, diag="full")
+@pytest.mark.parametrize("cat_grads", [False, True])
+def test_compiled_step_matches_eager(cat_grads, monkeypatch):
+    """torch.compile path (fused forward, skinny products, 2 chunks of 2) vs eager, with
+    the flat gradient taken through the slices or concatenated per segment.
+
+    Width 12 > SKINNY exercises the transposed storage of V and of the last W."""
+    monkeypatch.setattr(cohort_mod, "_CAT_GRADS_MIN_P", 0 if cat_grads else 10**9)
+    shape = Shape("dlor_deep", d_in=3, d_out=2, width=12, depth=1, rank=2, diag="full")
     data = make_data()
     out = {}
     for compiled in (False, True):
-        src = ListSource(specs(3), prune_at={"m1": 2})
-        co = Cohort(shape, data, slots=2, epochs=6, report_every=2, batch_size=16,
-                    compile=compiled, keep_params=True, chunk=1)
+        src = ListSource(specs(5), prune_at={"m1": 2})
+        co = Cohort(shape, data, slots=4, epochs=6, report_every=2, batch_size=16,
+                    compile=compiled, keep_params=True, chunk=2)
         co.run(src)
         assert co.settings["compile"] is compiled
         out[compiled] = src.results
@@ -314,3 +320,16 @@ def test_fused_forward_matches_models_forward():
         a = cohort_mod.fused_forward(shape, lay.views(flat), x)
         b = forward(shape, lay.views(flat), x)
         assert rel_diff(a, b) <= 1e-6
+
+
+def test_tanh_rational_is_tanh_to_a_few_ulp():
+    x = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-9, 1, 20_001),
+                   -torch.logspace(-9, 1, 20_001), torch.tensor([0.0, 4e-4, -4e-4])])
+    ref = torch.tanh(x.double())
+    got = cohort_mod.tanh_rational(x).double()
+    assert (got - ref).abs().max() <= 4e-7
+    assert ((got - ref).abs() / ref.abs().clamp_min(1e-30)).max() <= 4 * torch.finfo(torch.float32).eps
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    cohort_mod._Tanh.apply(xr).backward(g)
+    assert torch.allclose(xr.grad, g * (1 - got.float() ** 2))
