@@ -463,7 +463,8 @@ class Cohort:
         if compile not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
         if (data.d_in, data.d_out) != (shape.d_in, shape.d_out):
-            raise ValueError(f"data is {data.d_in}→{data.d_out} but shape is {shape.d_in}→{shape.d_out}")
+            raise ValueError(f"data is {data.d_in}→{data.d_out} but shape is "
+                             f"{shape.d_in}→{shape.d_out}")
         self.shape, self.epochs, self.report_every = shape, epochs, report_every
         self.metric, self.threshold, self.keep_params = metric, threshold, keep_params
         self.device = torch.device(device)
@@ -485,11 +486,13 @@ class Cohort:
         self.slots = slots
 
         if compile == "auto":   # CPU: only when the run amortises a 15–40 s compile
-            compile = cuda or self.capacity * epochs * self.steps_per_epoch >= _COMPILE_MIN_MODEL_STEPS
+            planned = self.capacity * epochs * self.steps_per_epoch
+            compile = cuda or planned >= _COMPILE_MIN_MODEL_STEPS
         self._autocast = torch.bfloat16 if (precision == "bf16" and cuda) else None
         eff_precision = precision if cuda else "fp32"
         if eff_precision != precision:
-            warnings.warn(f"precision={precision!r} is CUDA-only; training in fp32 on {self.device}")
+            warnings.warn(f"precision={precision!r} is CUDA-only; "
+                          f"training in fp32 on {self.device}")
         self.settings = {
             "device": str(self.device), "compile": bool(compile),
             "compile_options": _compile_options(cuda) if compile else None,
@@ -533,9 +536,13 @@ class Cohort:
         self.coef = torch.zeros(k, 6, device=dev)
         self.seeds = torch.zeros(k, dtype=torch.int64, device=dev)
         self.ep = torch.zeros(k, dtype=torch.int64, device=dev)
-        if self.device.type == "cuda" and self.settings["compile"]:
+        self._mark_static()
+
+    def _mark_static(self):
+        """CUDA graphs replay only over fixed addresses: declare the in-place state."""
+        if self.device.type == "cuda" and self._compiled is not None:
             for t in (self.flat, self.m, self.v, self.acc, self.coef):
-                torch._dynamo.mark_static_address(t)   # mutated in place by the graph
+                torch._dynamo.mark_static_address(t)
 
     def _start(self, slot: int, spec: MemberSpec):
         """Fresh member in ``slot``: init from its seed, zeroed Adam state, step 0."""
@@ -590,6 +597,7 @@ class Cohort:
                            device=self.device)[:new_k]
         for name in ("flat", "m", "v", "step", "hyp", "acc", "coef", "seeds", "ep"):
             setattr(self, name, getattr(self, name)[idx].clone())
+        self._mark_static()
         self.members = [self.members[i] for i in idx.tolist()]
         self.capacity = self.slots = new_k
         self.settings.update(capacity=new_k, chunk=self.chunk)
@@ -733,7 +741,8 @@ class Cohort:
         self._source.on_finish(res)
 
     def run(self, source: Source, *, checkpoint_every: int | None = None,
-            on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> None:
+            on_checkpoint: Callable[[dict], None] | None = None,
+            resume: dict | None = None) -> None:
         """Train until the source is exhausted and every slot is empty.
 
         With ``resume`` (a `state_dict`), members in flight continue exactly where they
@@ -791,9 +800,11 @@ class Cohort:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported cohort state version {state.get('version')!r}")
         if state["shape"] != self.shape.describe():
-            raise ValueError(f"state is for shape {state['shape']}, cohort is {self.shape.describe()}")
+            raise ValueError(f"state is for shape {state['shape']}, "
+                             f"cohort is {self.shape.describe()}")
         if state["config"] != self._config():
-            raise ValueError(f"state was trained with {state['config']}, cohort has {self._config()}")
+            raise ValueError(f"state was trained with {state['config']}, "
+                             f"cohort has {self._config()}")
         self.capacity, self.slots, self.chunk = state["capacity"], state["slots"], state["chunk"]
         self.settings.update(capacity=self.capacity, chunk=self.chunk)
         self._alloc(self.capacity)
