@@ -8,6 +8,7 @@ The one exception is tests marked `gpu`: CI machines have no CUDA device.
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -22,3 +23,12 @@ def pytest_runtest_makereport(item, call):
             and item.get_closest_marker("gpu") is None):
         report.outcome = "failed"
         report.longrepr = f"skipped in strict CI mode: {report.longrepr}"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny float64 ops: intra-op threads only add contention on shared CPUs (tanh 10×)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

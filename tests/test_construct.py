@@ -14,13 +14,7 @@ from dlor_scale.models import count_params, forward
 HS = tuple(float(h) for h in np.logspace(-2, -4, 5))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 ops: intra-op threads only add contention on shared CPUs (tanh 10×)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rand(n, seed=0):

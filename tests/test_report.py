@@ -15,13 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = sorted((ROOT / "studies" / "paper").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 ops: intra-op threads only add contention on shared CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
