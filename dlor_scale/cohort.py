@@ -31,11 +31,27 @@ Design, and why each piece is there:
   with plain autograd. See benchmarks/README.md for the measurements behind this.
 
 Reports: at member epochs that are multiples of ``report_every`` and at its last epoch,
-``on_report`` gets the mean train loss of that epoch's steps and the val error of the
-current weights; ``test_error`` of a finished member is measured at its last report.
-A non-finite train loss or val error finishes the member as ``diverged`` (its point is
-recorded in the curves; ``on_report`` is not called). The cohort never produces
-``failed`` itself: an exception propagates, and the driver resumes from a checkpoint.
+the source gets the mean train loss of that epoch's steps and the val error of the
+current weights — all members due in one round at once (``on_report_round``, so a
+pruner can judge a member against its running peers at the same step), or one by one
+(``on_report``) for sources without it. A non-finite train loss or val error finishes
+the member as ``diverged`` (not reported). The cohort never produces ``failed`` itself:
+an exception propagates, and the driver resumes from a checkpoint.
+
+Training to capacity (why each is here: an optimisation floor is not a capacity floor):
+
+* **Schedule.** ``schedule="cosine"`` decays each member's lr from its sampled value to
+  ``lr_floor ×`` that value over its own epochs (Adam at a constant lr plateaus at a
+  size-independent floor; decay removes most of it).
+* **Select and score the same weights.** Each member's best-val weights are kept in a
+  second ``[K, P]`` buffer; ``test_error`` (and ``params``) come from those weights,
+  never from the last epoch.
+* **Early stopping.** With ``patience`` (in reports), a member whose best val has not
+  improved by ``min_delta`` (relative) for that many reports finishes ``completed``
+  with ``stopped_early=True`` and frees its slot.
+* **Diagnostics.** ``baseline_val`` is the mean predictor's val error (a member near it
+  did not train); ``undertrained`` marks a member that ran all its epochs and was still
+  improving by more than ``UNDERTRAINED_REL`` over its last quarter.
 
 Minibatches: ``steps_per_epoch = N // batch_size``; the last partial batch is DROPPED so
 every step has the same shape (one compiled graph) and every member sees equally many
@@ -59,9 +75,13 @@ from .models import Shape, _diag_full, activation_fn, forward, init_member
 EPS = 1e-8
 SKINNY = 8          # contraction or output dim ≤ this → broadcast-reduce instead of bmm
 METRICS = ("mse", "rmse", "max_abs", "rel_l2")
+SCHEDULES = ("constant", "cosine")
+#: A member that ran all its epochs and whose best val fell by more than this fraction over
+#: its last quarter of epochs was still improving when it stopped: more epochs would help.
+UNDERTRAINED_REL = 0.05
 STATES = ("completed", "pruned", "diverged", "failed")
 PRECISIONS = ("fp32", "tf32", "bf16")
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _CACHE_BUDGET_BYTES = 16 << 20   # CPU chunk working set: for w64/L8/B256 (~2 MB of
                                   # activations per member) → chunk 8; measured chunk
                                   # 4: 2.6k, 8–16: 2.8–3.4k, 32: 1.7k model-steps/s
@@ -108,6 +128,20 @@ class MemberResult:
     wall_time_s: float
     spec: MemberSpec
     params: dict | None = None
+    best_epoch: int = 0          # epoch of best val: the weights test_error is read from
+    stopped_early: bool = False  # finished on a val plateau before its last epoch
+    undertrained: bool = False   # ran every epoch and was still improving (see UNDERTRAINED_REL)
+    baseline_val: float = math.nan  # val error of the mean predictor on the same split
+
+
+@dataclass(frozen=True)
+class Report:
+    """One member's numbers at one report step (what a pruner judges)."""
+
+    key: str
+    epoch: int
+    train_loss: float
+    val_error: float
 
 
 class Source(Protocol):
@@ -116,6 +150,9 @@ class Source(Protocol):
     def next_member(self) -> MemberSpec | None: ...
 
     def on_report(self, key: str, epoch: int, train_loss: float, val_error: float) -> bool: ...
+
+    # Optional: ``on_report_round(reports: list[Report]) -> Collection[str]`` (keys to
+    # prune) is called instead of ``on_report`` when a source defines it.
 
     def on_finish(self, result: MemberResult) -> None: ...
 
@@ -295,7 +332,8 @@ def fused_forward(shape: Shape, params: dict[str, torch.Tensor], x: torch.Tensor
     return h
 
 
-def adamw_coefficients(step: torch.Tensor, hyp: torch.Tensor) -> torch.Tensor:
+def adamw_coefficients(step: torch.Tensor, hyp: torch.Tensor,
+                       lr_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Per-member AdamW scalars for the next step, ``[K, 6]`` float32; advances ``step``.
 
     Computed in float64 like the Python floats torch.optim.AdamW uses, then rounded once
@@ -303,14 +341,26 @@ def adamw_coefficients(step: torch.Tensor, hyp: torch.Tensor) -> torch.Tensor:
     inside it, the generated C++ re-evaluated both float64 ``pow`` calls for every
     16 parameters.
     Columns: 1 − lr·wd, 1 − β1, β2, 1 − β2, −lr / (1 − β1ᵗ), √(1 − β2ᵗ).
+    ``lr_scale`` (``[K]``, from the schedule) multiplies each member's lr, as a torch
+    lr scheduler multiplies a param group's lr (weight decay included).
     """
     step.add_(1)
     lr, wd, b1, b2 = (h[:, None] for h in hyp.unbind(1))
+    if lr_scale is not None:
+        lr = lr * lr_scale[:, None]
     return torch.cat([1 - lr * wd, 1 - b1, b2, 1 - b2, -lr / (1 - b1 ** step),
                       torch.sqrt(1 - b2 ** step)], dim=1).to(torch.float32)
 
 
 _V_FLOOR = 1e-36   # see _adamw_
+
+
+def lr_schedule_scale(kind: str, progress: torch.Tensor, floor: float) -> torch.Tensor:
+    """Multiplier of each member's lr at ``progress`` ∈ [0, 1] of its epochs (float64)."""
+    if kind == "constant":
+        return torch.ones_like(progress)
+    t = progress.clamp(0.0, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
 def _adamw_(p, g, m, v, c):
@@ -414,6 +464,8 @@ class _Member:
     train_loss: list = field(default_factory=list)
     val_error: list = field(default_factory=list)
     best_val: float = math.nan
+    best_epoch: int = 0
+    stale_reports: int = 0      # reports since best_val last improved by min_delta
     threshold_epoch: int | None = None
     elapsed: float = 0.0        # wall seconds in flight before `mark`
     mark: float = 0.0           # perf_counter when elapsed was last folded in
@@ -424,7 +476,8 @@ class _Member:
     def to_state(self, now: float) -> dict:
         return {"spec": asdict(self.spec), "epoch": self.epoch,
                 "train_loss": list(self.train_loss), "val_error": list(self.val_error),
-                "best_val": self.best_val, "threshold_epoch": self.threshold_epoch,
+                "best_val": self.best_val, "best_epoch": self.best_epoch,
+                "stale_reports": self.stale_reports, "threshold_epoch": self.threshold_epoch,
                 "elapsed": self.wall(now)}
 
     @classmethod
@@ -432,6 +485,7 @@ class _Member:
         return cls(spec=MemberSpec(**d["spec"]), epoch=d["epoch"],
                    train_loss=[tuple(t) for t in d["train_loss"]],
                    val_error=[tuple(t) for t in d["val_error"]], best_val=d["best_val"],
+                   best_epoch=d["best_epoch"], stale_reports=d["stale_reports"],
                    threshold_epoch=d["threshold_epoch"], elapsed=d["elapsed"], mark=now)
 
 
@@ -448,18 +502,29 @@ class Cohort:
     Extra keyword arguments beyond the driver API: ``chunk`` (members per fused call;
     default: cache-sized on CPU, all on CUDA) and ``keep_params`` (attach final weights
     to each `MemberResult`).
+
+    Training protocol: ``schedule`` / ``lr_floor`` (lr decay per member), ``patience`` /
+    ``min_delta`` (early stopping on a val plateau, ``None`` = off); see the module doc.
     """
 
     def __init__(self, shape: Shape, data, *, slots: int, epochs: int, report_every: int,
                  batch_size: int | None = None, metric: str = "rmse",
                  threshold: float | None = None, device="cpu", compile: bool | str = "auto",
-                 precision: str = "fp32", chunk: int | None = None, keep_params: bool = False):
+                 precision: str = "fp32", chunk: int | None = None, keep_params: bool = False,
+                 schedule: str = "constant", lr_floor: float = 0.01, patience: int | None = None,
+                 min_delta: float = 1e-3):
         if slots < 1 or epochs < 1 or report_every < 1:
             raise ValueError("slots, epochs and report_every must be ≥ 1")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if not 0.0 <= lr_floor <= 1.0:
+            raise ValueError(f"lr_floor must be in [0, 1], got {lr_floor}")
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be ≥ 1 report (or None), got {patience}")
         if compile not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
         if (data.d_in, data.d_out) != (shape.d_in, shape.d_out):
@@ -467,6 +532,8 @@ class Cohort:
                              f"{shape.d_in}→{shape.d_out}")
         self.shape, self.epochs, self.report_every = shape, epochs, report_every
         self.metric, self.threshold, self.keep_params = metric, threshold, keep_params
+        self.schedule, self.lr_floor = schedule, float(lr_floor)
+        self.patience, self.min_delta = patience, float(min_delta)
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.layout = FlatLayout(shape)
@@ -516,6 +583,7 @@ class Cohort:
         else:
             self._fwd = lambda segs, x: forward(shape, self.layout.views_of(segs), x)
         self._eval_sets = {s: self._pad_split(s) for s in ("val", "test")}
+        self.baseline_val = baseline_error(self.data, metric)
         self.stats = {"steps": 0, "model_steps": 0, "report_rounds": 0, "compactions": 0,
                       "train_s": 0.0, "eval_s": 0.0, "first_step_s": None}
         self._alloc(self.capacity)
@@ -527,6 +595,7 @@ class Cohort:
     def _alloc(self, k: int):
         dev, p = self.device, self.layout.numel
         self.flat = torch.zeros(k, p, device=dev)
+        self.best = torch.zeros(k, p, device=dev)     # each member's best-val weights
         self.m = torch.zeros(k, p, device=dev)
         self.v = torch.zeros(k, p, device=dev)
         self.step = torch.zeros(k, 1, dtype=torch.float64, device=dev)
@@ -548,6 +617,7 @@ class Cohort:
         """Fresh member in ``slot``: init from its seed, zeroed Adam state, step 0."""
         row = self.layout.pack(init_member(self.shape, spec.seed, spec.init_scale))
         self.flat[slot] = row.to(self.device)
+        self.best[slot] = self.flat[slot]
         self.m[slot] = 0
         self.v[slot] = 0
         self.step[slot] = 0
@@ -560,7 +630,7 @@ class Cohort:
     def _free(self, slot: int):
         """Empty a slot: zero weights and lr so it computes cheap, finite garbage."""
         self.members[slot] = None
-        for t in (self.flat, self.m, self.v):
+        for t in (self.flat, self.best, self.m, self.v):
             t[slot] = 0
         self.hyp[slot, :2] = 0
 
@@ -595,7 +665,7 @@ class Cohort:
             return
         idx = torch.tensor(active + [i for i in range(self.capacity) if i not in active],
                            device=self.device)[:new_k]
-        for name in ("flat", "m", "v", "step", "hyp", "acc", "coef", "seeds", "ep"):
+        for name in ("flat", "best", "m", "v", "step", "hyp", "acc", "coef", "seeds", "ep"):
             setattr(self, name, getattr(self, name)[idx].clone())
         self._mark_static()
         self.members = [self.members[i] for i in idx.tolist()]
@@ -639,7 +709,11 @@ class Cohort:
             perm = member_order(self.seeds, self.ep, d.x_train.shape[0])
         live = [i for i in range(0, k, c) if any(self.members[i:i + c])]
         for s in range(self.steps_per_epoch):
-            self.coef.copy_(adamw_coefficients(self.step, self.hyp))
+            scale = None
+            if self.schedule != "constant":
+                progress = (self.ep.double() + s / self.steps_per_epoch) / self.epochs
+                scale = lr_schedule_scale(self.schedule, progress, self.lr_floor)
+            self.coef.copy_(adamw_coefficients(self.step, self.hyp, scale))
             if not self.full_batch:
                 idx = perm[:, s * self.batch:(s + 1) * self.batch]
             for c0 in live:
@@ -668,8 +742,13 @@ class Cohort:
         return xp, yp, w, n, float(torch.linalg.vector_norm(y.double())), rows
 
     @torch.no_grad()
-    def _metrics(self, split: str) -> torch.Tensor:
-        """``[K]`` float64 error of every slot on a split (device tensor, no sync)."""
+    def _metrics(self, split: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``[K]`` float64 error of every slot on a split (device tensor, no sync).
+
+        ``weights`` defaults to the current ones (``self.flat``); pass ``self.best`` to
+        score the weights each member's selection picked.
+        """
+        flat = self.flat if weights is None else weights
         x, y, w, n, y_norm, rows = self._eval_sets[split]
         sq = torch.zeros(self.capacity, dtype=torch.float64, device=self.device)
         mx = torch.zeros(self.capacity, device=self.device)
@@ -677,7 +756,7 @@ class Cohort:
         for c0 in range(0, self.capacity, c):
             if not any(self.members[c0:c0 + c]):
                 continue
-            p = self.flat if c == self.capacity else self.flat[c0:c0 + c]
+            p = flat if c == self.capacity else flat[c0:c0 + c]
             for r0 in range(0, x.shape[0], rows):
                 r = slice(r0, r0 + rows)
                 s_, m_ = self._dispatch("_eval_compiled", _eval_block,
@@ -689,54 +768,85 @@ class Cohort:
                 "rel_l2": sq.sqrt() / y_norm}[self.metric]
 
     def _report_round(self, due: list[int]):
-        """Report due members, finish/prune/diverge, refill, compact.
+        """Report due members, keep best weights, finish/prune/stop/diverge, refill, compact.
 
-        One host sync (train loss + val error, plus test error when a due member is at
-        its last epoch); a second one only when the source prunes someone, for the test
-        error of the pruned. Test error is thus measured only for finishing members.
+        One host sync for train loss + val error; a second only when someone finishes,
+        for the test error of their best-val weights (so test error is measured only for
+        finishing members, and always on the weights their selection picked).
         """
         t0 = time.perf_counter()
-        completing = any(self.members[s].epoch >= self.epochs for s in due)
         cols = [self.acc.double() / self.steps_per_epoch, self._metrics("val")]
-        if completing:
-            cols.append(self._metrics("test"))
         vals = torch.stack(cols, dim=1).tolist()
         now = time.perf_counter()
         self.stats["eval_s"] += now - t0
-        pruned = []
+        improved, reports, finishing = [], [], {}
         for slot in due:
             mem = self.members[slot]
-            tl, ve = vals[slot][:2]
+            tl, ve = vals[slot]
             mem.train_loss.append((mem.epoch, tl))
             mem.val_error.append((mem.epoch, ve))
             if not (math.isfinite(tl) and math.isfinite(ve)):
-                self._finish(slot, "diverged", math.nan, now)
+                finishing[slot] = "diverged"
                 continue
             if not ve >= mem.best_val:          # also true while best_val is NaN
-                mem.best_val = ve
+                if not ve >= mem.best_val * (1.0 - self.min_delta):
+                    mem.stale_reports = 0
+                else:
+                    mem.stale_reports += 1
+                mem.best_val, mem.best_epoch = ve, mem.epoch
+                improved.append(slot)
+            else:
+                mem.stale_reports += 1
             if (self.threshold is not None and mem.threshold_epoch is None
                     and ve <= self.threshold):
                 mem.threshold_epoch = mem.epoch
-            if self._source.on_report(mem.spec.key, mem.epoch, tl, ve):
-                pruned.append(slot)
-            elif mem.epoch >= self.epochs:
-                self._finish(slot, "completed", vals[slot][2], now)
-        if pruned:
-            test = self._metrics("test").tolist()
+            reports.append((slot, Report(mem.spec.key, mem.epoch, tl, ve)))
+        if improved:
+            idx = torch.tensor(improved, device=self.device)
+            self.best[idx] = self.flat[idx]
+        for slot in self._ask_prune(reports):
+            finishing[slot] = "pruned"
+        for slot, _ in reports:
+            if slot in finishing:
+                continue
+            mem = self.members[slot]
+            if mem.epoch >= self.epochs:
+                finishing[slot] = "completed"
+            elif self.patience is not None and mem.stale_reports >= self.patience:
+                finishing[slot] = "stopped"
+        if finishing:
+            test = self._metrics("test", self.best).tolist()
             now = time.perf_counter()
-            for slot in pruned:
-                self._finish(slot, "pruned", test[slot], now)
+            for slot, state in finishing.items():
+                self._finish(slot, state, math.nan if state == "diverged" else test[slot], now)
         self._refill()
         self._compact()
         self.stats["report_rounds"] += 1
 
+    def _ask_prune(self, reports: list[tuple[int, Report]]) -> list[int]:
+        """Slots the source prunes: the whole round at once when it can judge peers."""
+        if not reports:
+            return []
+        batch = getattr(self._source, "on_report_round", None)
+        if batch is not None:
+            keys = set(batch([r for _, r in reports]))
+            return [slot for slot, r in reports if r.key in keys]
+        return [slot for slot, r in reports
+                if self._source.on_report(r.key, r.epoch, r.train_loss, r.val_error)]
+
     def _finish(self, slot: int, state: str, test_error: float, now: float):
+        """``state`` 'stopped' (early stopping) is recorded as completed + stopped_early."""
         mem = self.members[slot]
+        stopped = state == "stopped"
         res = MemberResult(
-            key=mem.spec.key, state=state, epochs=mem.epoch, train_loss=mem.train_loss,
-            val_error=mem.val_error, best_val=mem.best_val, test_error=test_error,
-            epochs_to_threshold=mem.threshold_epoch, wall_time_s=mem.wall(now), spec=mem.spec,
-            params=self.layout.unpack(self.flat[slot]) if self.keep_params else None)
+            key=mem.spec.key, state="completed" if stopped else state, epochs=mem.epoch,
+            train_loss=mem.train_loss, val_error=mem.val_error, best_val=mem.best_val,
+            test_error=test_error, epochs_to_threshold=mem.threshold_epoch,
+            wall_time_s=mem.wall(now), spec=mem.spec,
+            params=self.layout.unpack(self.best[slot]) if self.keep_params else None,
+            best_epoch=mem.best_epoch, stopped_early=stopped,
+            undertrained=state == "completed" and still_improving(mem.val_error),
+            baseline_val=self.baseline_val)
         self._free(slot)
         self._source.on_finish(res)
 
@@ -779,7 +889,9 @@ class Cohort:
     def _config(self) -> dict:
         return {"epochs": self.epochs, "report_every": self.report_every,
                 "batch_size": self.batch, "full_batch": self.full_batch,
-                "metric": self.metric, "threshold": self.threshold}
+                "metric": self.metric, "threshold": self.threshold,
+                "schedule": self.schedule, "lr_floor": self.lr_floor,
+                "patience": self.patience, "min_delta": self.min_delta}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (taken at a report boundary)."""
@@ -789,7 +901,7 @@ class Cohort:
             "version": _STATE_VERSION, "shape": self.shape.describe(),
             "config": self._config(),
             "capacity": self.capacity, "slots": self.slots, "chunk": self.chunk,
-            "flat": cpu(self.flat), "m": cpu(self.m), "v": cpu(self.v),
+            "flat": cpu(self.flat), "best": cpu(self.best), "m": cpu(self.m), "v": cpu(self.v),
             "step": cpu(self.step), "hyp": cpu(self.hyp), "seeds": cpu(self.seeds),
             "ep": cpu(self.ep),
             "members": [None if m is None else m.to_state(now) for m in self.members],
@@ -808,12 +920,36 @@ class Cohort:
         self.capacity, self.slots, self.chunk = state["capacity"], state["slots"], state["chunk"]
         self.settings.update(capacity=self.capacity, chunk=self.chunk)
         self._alloc(self.capacity)
-        for name in ("flat", "m", "v", "step", "hyp", "seeds", "ep"):
+        for name in ("flat", "best", "m", "v", "step", "hyp", "seeds", "ep"):
             getattr(self, name).copy_(state[name])
         now = time.perf_counter()
         self.members = [None if d is None else _Member.from_state(d, now) for d in state["members"]]
         self.exhausted = state["exhausted"]
         self.stats = dict(state["stats"])
+
+
+def still_improving(val_error: list[tuple[int, float]], rel: float = UNDERTRAINED_REL) -> bool:
+    """True when the best val of the last quarter of epochs beat everything before it
+    by more than ``rel``: the curve was still falling when training stopped."""
+    pts = [(e, v) for e, v in val_error if math.isfinite(v)]
+    if len(pts) < 4:
+        return False
+    cut = pts[-1][0] * 0.75
+    before = [v for e, v in pts if e <= cut]
+    after = [v for e, v in pts if e > cut]
+    if not before or not after:
+        return False
+    return min(after) < min(before) * (1.0 - rel)
+
+
+@torch.no_grad()
+def baseline_error(data, metric: str) -> float:
+    """Val error of the mean predictor (the train targets' mean): what "not trained" is."""
+    y = data.y_val.double()
+    d = y - data.y_train.double().mean(dim=0, keepdim=True)
+    mse = d.square().mean()
+    return float({"mse": mse, "rmse": mse.sqrt(), "max_abs": d.abs().max(),
+                  "rel_l2": torch.linalg.vector_norm(d) / torch.linalg.vector_norm(y)}[metric])
 
 
 def _set_matmul_precision(value: str, device: torch.device) -> str:

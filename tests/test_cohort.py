@@ -137,10 +137,81 @@ def test_cohort_equals_members_trained_alone(name, batch_size):
     assert all(res[k].state == "completed" and res[k].epochs == epochs for k in ("m0", "m2", "m3"))
     assert co.stats["compactions"] >= 1          # m3 trails alone at the end
     for key, r in res.items():
-        ref_params, ref_losses = reference(shape, data, r.spec, r.epochs, batch_size)
-        assert max_param_diff(r.params, ref_params) <= TOL, key
+        _, ref_losses = reference(shape, data, r.spec, r.epochs, batch_size)
+        ref_params, _ = reference(shape, data, r.spec, r.best_epoch, batch_size)
+        assert max_param_diff(r.params, ref_params) <= TOL, key   # best-val weights
         for epoch, loss in r.train_loss:
             assert abs(loss - ref_losses[epoch - 1]) <= TOL * abs(ref_losses[epoch - 1]), key
+
+
+def _errors(shape, params, x, y):
+    out = forward(shape, {k: v.unsqueeze(0) for k, v in params.items()}, x)[0]
+    return float((out - y).square().mean().sqrt())
+
+
+def test_test_error_is_read_at_the_best_val_weights():
+    """Select and score the same weights: a member whose val error peaks early (lr far too
+    high, so it oscillates) reports the test error of its best-val epoch, not its last."""
+    shape, data = SHAPES["dense"], make_data()
+    spec = MemberSpec("hot", seed=3, lr=0.3)
+    src = ListSource([spec])
+    co = Cohort(shape, data, slots=1, epochs=60, report_every=5, compile=False, keep_params=True)
+    co.run(src)
+    r = src.results["hot"]
+    vals = dict(r.val_error)
+    assert r.best_epoch < r.epochs and vals[r.best_epoch] == r.best_val == min(vals.values())
+    at_best, _ = reference(shape, data, spec, r.best_epoch, None)
+    at_last, _ = reference(shape, data, spec, r.epochs, None)
+    best_test = _errors(shape, at_best, data.x_test, data.y_test)
+    last_test = _errors(shape, at_last, data.x_test, data.y_test)
+    assert abs(r.test_error - best_test) <= 1e-4 * best_test
+    assert abs(r.test_error - last_test) > 1e-3 * last_test   # the two really differ
+    assert abs(_errors(shape, at_best, data.x_val, data.y_val) - r.best_val) <= 1e-4 * r.best_val
+
+
+def test_cosine_schedule_matches_torch_lambda_lr():
+    """The cohort's cosine decay is torch's AdamW under LambdaLR with the same factor."""
+    shape, data = SHAPES["scalar"], make_data()
+    spec = MemberSpec("c", seed=5, lr=2e-2, weight_decay=0.01)
+    src = ListSource([spec])
+    epochs = 30
+    co = Cohort(shape, data, slots=2, epochs=epochs, report_every=epochs, compile=False,
+                keep_params=True, schedule="cosine", lr_floor=0.05)
+    co.run(src)
+    net = Member(shape, init_member(shape, spec.seed, spec.init_scale))
+    opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, eps=1e-8, weight_decay=spec.weight_decay)
+    f = lambda e: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * e / epochs))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    for _ in range(epochs):
+        loss = (net(data.x_train) - data.y_train).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    ref = {k: t.detach() for k, t in net.named_tensors().items()}
+    r = src.results["c"]
+    assert r.best_epoch == epochs
+    assert max_param_diff(r.params, ref) <= TOL
+
+
+def test_early_stopping_frees_the_slot_on_a_plateau():
+    """lr = 0 never improves: the member stops after `patience` reports, its slot refills."""
+    shape, data = SHAPES["dense"], make_data()
+    src = ListSource([MemberSpec("flat", seed=1, lr=0.0), MemberSpec("next", seed=2, lr=1e-2)])
+    co = Cohort(shape, data, slots=1, epochs=100, report_every=5, compile=False, patience=3)
+    co.run(src)
+    flat, nxt = src.results["flat"], src.results["next"]
+    assert flat.state == "completed" and flat.stopped_early and flat.epochs == 20
+    assert flat.best_epoch == 5 and not flat.undertrained
+    assert nxt.epochs >= 20 and src.given == 2
+    assert flat.baseline_val > 0 and math.isclose(flat.baseline_val, nxt.baseline_val)
+
+
+def test_still_improving_flags_a_falling_curve_only():
+    from dlor_scale.cohort import still_improving
+    falling = [(e, 1.0 / e) for e in range(10, 110, 10)]
+    flat = [(e, 1.0 / min(e, 50)) for e in range(10, 110, 10)]
+    assert still_improving(falling) and not still_improving(flat)
 
 
 def test_layout_round_trip_and_transposed_storage():
