@@ -26,6 +26,7 @@ from those exact float32 inputs, then rounded once to float32.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ class ParquetTarget(_TargetBase):
     the training rows (for data-scaling sweeps; ``None`` = all). With ``standardize``,
     features and targets are scaled by TRAIN mean/std (stored in ``Dataset.meta``).
     ``noise`` is added to the train targets in the units of the returned tensors.
+    ``sha256`` pins the file's content: a file that no longer matches is a `DataError`
+    (a study must never silently mix two versions of its data).
     """
 
     kind: Literal["parquet"] = "parquet"
@@ -167,6 +170,11 @@ class ParquetTarget(_TargetBase):
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     standardize: bool = True
     n_train: int | None = Field(None, ge=1)
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="expected sha256 of the file; launch fills it in, so every worker trains on "
+                    "the exact bytes the study was started with",
+    )
 
     @model_validator(mode="after")
     def _check_columns_and_fractions(self) -> ParquetTarget:
@@ -288,6 +296,41 @@ def _add_train_noise(y: Tensor, target: _TargetBase) -> Tensor:
 
 # --------------------------------------------------------------------------- parquet
 
+# Fewest training rows a study can use: the train std (standardisation, and the
+# constant-column check) needs two distinct rows.
+MIN_TRAIN_ROWS = 2
+
+# sha256 of data files, keyed by (resolved path, size, mtime_ns): hashing a large file
+# once per process is enough, and any rewrite changes size or mtime.
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def parquet_path(target: ParquetTarget, base_dir: Path | None) -> Path:
+    """The file a Parquet target reads: ``~`` expanded, relative paths against ``base_dir``."""
+    path = Path(target.path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (cached by size + mtime); DataError if unreadable."""
+    try:
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _SHA_CACHE:
+            import hashlib
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _SHA_CACHE[key] = h.hexdigest()
+        return _SHA_CACHE[key]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
 
 def _read_parquet_columns(path: Path, cols: list[str]) -> dict[str, np.ndarray]:
     """Read ``cols`` as float64 arrays; every failure becomes a DataError naming file + column."""
@@ -295,8 +338,10 @@ def _read_parquet_columns(path: Path, cols: list[str]) -> dict[str, np.ndarray]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: file not found (needed for columns {cols})")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file (needed for columns {cols}); point target.path at one .parquet file")
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
@@ -323,7 +368,10 @@ def _read_parquet_columns(path: Path, cols: list[str]) -> dict[str, np.ndarray]:
         col = table.column(c)
         if col.null_count:
             raise DataError(f"{path}: column {c!r} has {col.null_count} null value(s) of {table.num_rows}")
-        arr = pc.cast(col, pa.float64()).to_numpy()
+        try:
+            arr = pc.cast(col, pa.float64()).to_numpy()
+        except pa.ArrowException as e:
+            raise DataError(f"{path}: column {c!r} cannot be converted to float64: {e}") from None
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
             n_nan = int(np.count_nonzero(np.isnan(arr)))
@@ -335,46 +383,72 @@ def _read_parquet_columns(path: Path, cols: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def _split_sizes(path: Path, n: int, target: ParquetTarget) -> tuple[int, int, int]:
+    """(train, val, test) row counts; DataError when a split is too small to use."""
+    cols = target.features + target.targets
+    n_val, n_test = int(n * target.val_fraction), int(n * target.test_fraction)
+    n_train = n - n_val - n_test
+    sizes = (f"train={n_train}, val={n_val}, test={n_test} with val_fraction={target.val_fraction}, "
+             f"test_fraction={target.test_fraction}")
+    if min(n_val, n_test, n_train) == 0:
+        raise DataError(f"{path}: {n} rows of columns {cols} give an empty split ({sizes}); "
+                        "add rows or raise the fractions")
+    if n_train < MIN_TRAIN_ROWS:
+        raise DataError(f"{path}: {n} rows of columns {cols} leave {n_train} training row(s) ({sizes}); "
+                        f"at least {MIN_TRAIN_ROWS} are needed")
+    if target.n_train is not None and target.n_train > n_train:
+        raise DataError(f"{path}: target.n_train = {target.n_train} but the file's {n} rows leave only "
+                        f"{n_train} training rows ({sizes}); lower n_train or add rows")
+    return n_train, n_val, n_test
+
+
 def _make_parquet(target: ParquetTarget, base_dir: Path | None) -> Dataset:
-    path = Path(target.path).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    data = _read_parquet_columns(path, target.features + target.targets)
+    path = parquet_path(target, base_dir)
+    cols = target.features + target.targets
+    data = _read_parquet_columns(path, cols)
+    sha = file_sha256(path)
+    if target.sha256 is not None and sha != target.sha256:
+        raise DataError(
+            f"{path}: the file changed: its sha256 is {sha[:12]}…, the study expects "
+            f"{target.sha256[:12]}… (target.sha256); restore the original file, or start a new study "
+            "(another name) on the new data"
+        )
     x = np.stack([data[c] for c in target.features], axis=1)
     y = np.stack([data[c] for c in target.targets], axis=1)
 
     n = x.shape[0]
-    n_val, n_test = int(n * target.val_fraction), int(n * target.test_fraction)
-    n_train = n - n_val - n_test
-    if min(n_val, n_test, n_train) == 0:
-        raise DataError(
-            f"{path}: {n} rows of columns {target.features + target.targets} give an empty split "
-            f"(train={n_train}, val={n_val}, test={n_test} with val_fraction={target.val_fraction}, "
-            f"test_fraction={target.test_fraction}); add rows or raise the fractions"
-        )
+    _, n_val, n_test = _split_sizes(path, n, target)
     perm = np.random.default_rng(target.seed).permutation(n)
     idx = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
     if target.n_train is not None:
         idx["train"] = idx["train"][: target.n_train]
 
+    # A column constant on the training rows carries no information (feature) or leaves
+    # nothing to learn (target), and cannot be standardized: refuse it either way.
+    for arr, names in ((x, target.features), (y, target.targets)):
+        train = arr[idx["train"]]
+        const = [(c, float(train[0, j])) for j, c in enumerate(names) if not train[:, j].std() > 0]
+        if const:
+            raise DataError(
+                f"{path}: column(s) {[c for c, _ in const]} are constant on the {len(train)} training rows "
+                f"(value(s) {[v for _, v in const]}); a constant column carries nothing to learn from "
+                "or to predict: drop it from features/targets"
+            )
+
     meta = {
         "target": target.model_dump(),
         "source": str(path),
+        "sha256": sha,
         "n_rows": n,
+        "n_train": len(idx["train"]), "n_val": n_val, "n_test": n_test,
         "features": list(target.features),
         "targets": list(target.targets),
         "standardized": target.standardize,
     }
     if target.standardize:
-        for arr, names, key in ((x, target.features, "x"), (y, target.targets, "y")):
+        for arr, key in ((x, "x"), (y, "y")):
             train = arr[idx["train"]]
             mean, std = train.mean(0), train.std(0)
-            const = [c for c, s in zip(names, std) if not s > 0]
-            if const:
-                raise DataError(
-                    f"{path}: column(s) {const} are constant on the training split "
-                    "(std 0), so they cannot be standardized; drop them or set standardize: false"
-                )
             arr -= mean
             arr /= std
             meta[f"{key}_mean"], meta[f"{key}_std"] = mean.tolist(), std.tolist()
@@ -399,3 +473,101 @@ def make_dataset(target: TargetSpec, base_dir: Path | None = None) -> Dataset:
     if isinstance(target, ParquetTarget):
         return _make_parquet(target, base_dir)
     return _make_synthetic(target)
+
+
+# --------------------------------------------------------------------------- data check + scale
+
+# Summaries of checked Parquet data, keyed by (file identity, target config): `validate`,
+# `launch --dry-run` and `launch` each check the data, and the second check of an
+# unchanged file should not read it again.
+_CHECK_CACHE: dict[tuple, dict] = {}
+
+
+def data_summary(ds: Dataset) -> dict:
+    """What a study records about its data (JSON-safe): source, content hash, split sizes and
+    the **scale** (`scale`) that maps the standardized errors back to the target's units."""
+    m = ds.meta
+    kind = m.get("target", {}).get("kind")
+    out = {"kind": kind, "name": ds.name,
+           "n_train": int(ds.x_train.shape[0]), "n_val": int(ds.x_val.shape[0]),
+           "n_test": int(ds.x_test.shape[0]), "d_in": ds.d_in, "d_out": ds.d_out}
+    if kind == "parquet":
+        out.update(source=m["source"], sha256=m["sha256"], n_rows=m["n_rows"])
+    out["scale"] = _scale_of(m, ds.d_in, ds.d_out)
+    return out
+
+
+def _scale_of(meta: dict, d_in: int, d_out: int) -> dict:
+    """Standardisation of x and y: errors in target units = standardized errors × y_std."""
+    names_x = meta.get("features") or [f"x{i}" for i in range(d_in)]
+    names_y = meta.get("targets") or [f"y{i}" for i in range(d_out)]
+    standardized = bool(meta.get("standardized")) and "y_std" in meta
+    return {
+        "standardized": standardized,
+        "features": list(names_x), "targets": list(names_y),
+        "x_mean": meta.get("x_mean", [0.0] * d_in) if standardized else [0.0] * d_in,
+        "x_std": meta.get("x_std", [1.0] * d_in) if standardized else [1.0] * d_in,
+        "y_mean": meta.get("y_mean", [0.0] * d_out) if standardized else [0.0] * d_out,
+        "y_std": meta.get("y_std", [1.0] * d_out) if standardized else [1.0] * d_out,
+    }
+
+
+def check_study_data(study) -> dict:
+    """Load and check a study's data before anything is created or started.
+
+    Parquet: reads the file and builds the splits exactly as workers will, so every
+    deterministic data problem (missing file, not Parquet, missing / non-numeric column,
+    NaN/inf/null, empty, too few rows for the split, constant column) is a `DataError`
+    (exit 2) here instead of a failed, retried Ray trial. Also refuses a ``batch_size``
+    larger than the training split. Synthetic targets are defined by their config; only the
+    teacher's calibration (the one way they can fail) is run. Returns `data_summary`.
+    """
+    target, base_dir = study.target, study.base_dir
+    if not isinstance(target, ParquetTarget):
+        if isinstance(target, TeacherTarget):
+            _teacher(target)
+        d_in, d_out = int(target.d_in), int(getattr(target, "d_out", 1))
+        return {"kind": target.kind, "n_train": target.n_train, "n_val": target.n_val,
+                "n_test": target.n_test, "d_in": d_in, "d_out": d_out,
+                "scale": _scale_of({}, d_in, d_out)}
+    path = parquet_path(target, base_dir)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, target.model_dump_json())
+    except OSError:
+        key = None
+    summary = _CHECK_CACHE.get(key) if key is not None else None
+    if summary is None:
+        summary = data_summary(_make_parquet(target, base_dir))
+        if key is not None:
+            _CHECK_CACHE[key] = summary
+    summary = copy.deepcopy(summary)
+    bs = getattr(study, "batch_size", None)
+    if bs is not None and bs > summary["n_train"]:
+        raise DataError(f"{path}: batch_size {bs} exceeds the {summary['n_train']} training rows; "
+                        "lower batch_size or use null for full batch")
+    return summary
+
+
+def error_factor(scale: dict | None, metric: str) -> float:
+    """Factor taking a recorded (standardized) error to the target's own units.
+
+    rmse / max_abs scale with y_std, mse with y_std². Defined only when every target column
+    has the same std (the recorded error averages over columns), and never for ``rel_l2``
+    (a ratio whose denominator changes with the mean): both raise `DlorError`.
+    """
+    from dlor_scale.errors import DlorError
+
+    if not scale or not scale.get("standardized"):
+        return 1.0
+    stds = [float(s) for s in scale["y_std"]]
+    if metric == "rel_l2":
+        raise DlorError("--units target: metric rel_l2 is a ratio to the centred target's norm; "
+                        "it has no target-units counterpart (use metric rmse, mse or max_abs)")
+    if max(stds) - min(stds) > 1e-12 * max(stds):
+        raise DlorError(f"--units target: the error averages {len(stds)} target columns "
+                        f"{scale.get('targets')} with different stds {stds}; it has no single unit. "
+                        "Use one target column per study to report in target units")
+    if metric not in ("rmse", "mse", "max_abs"):
+        raise DlorError(f"--units target: unknown metric {metric!r}")
+    return stds[0] ** 2 if metric == "mse" else stds[0]

@@ -277,10 +277,14 @@ def test_parquet_empty_table_and_empty_split(tmp_path):
     assert_data_error(pq_target(p), "tiny.parquet", "'a'", "empty split")
 
 
-def test_parquet_constant_column_when_standardizing(tmp_path):
+@pytest.mark.parametrize("standardize", [True, False])
+def test_parquet_constant_column_is_refused(tmp_path, standardize):
+    """A constant feature carries nothing, a constant target leaves nothing to learn, and
+    neither can be standardized: refused with or without standardisation."""
     p = write_table(tmp_path / "data.parquet", b=np.full(200, 7, dtype=np.int64))
-    assert_data_error(pq_target(p), "data.parquet", "'b'", "constant")
-    assert make_dataset(pq_target(p, standardize=False)).x_train[:, 1].eq(7).all()
+    assert_data_error(pq_target(p, standardize=standardize), "data.parquet", "'b'", "constant")
+    p = write_table(tmp_path / "y.parquet", y=np.full(200, 1.5))
+    assert_data_error(pq_target(p, standardize=standardize), "y.parquet", "'y'", "constant")
 
 
 def test_parquet_not_a_parquet_file(tmp_path):
