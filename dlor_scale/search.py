@@ -6,10 +6,18 @@ So each (family, budget) cell has its own Optuna study (sampler + pruner) in the
 study's storage, and a cohort asks, reports, prunes and tells against it directly.
 
 `OptunaSource` implements the cohort's `Source` protocol:
-ask → member hyperparameters; report each val error → ``should_prune``; tell the
+ask → member hyperparameters; one report round → the members to prune; tell the
 final state (COMPLETE / PRUNED / FAIL). Trials carry user attributes ``unit`` and
 ``key`` so an interrupted unit can find the trials it already started (exactly-once:
 a retried member is the same Optuna trial, never a new one).
+
+Search in a packed cohort (why it differs from a textbook Optuna loop): all members of
+a wave reach every report step in the same round and none completes before the wave
+ends. So pruning judges a member against its *peers at the same step* (`PeerPruner`:
+lockstep median/percentile, synchronous successive halving / ASHA rungs, hyperband),
+freed slots are refilled with new asks at once, and TPE samples with the constant
+liar so the asks of one wave spread out; the first wave is TPE's random startup, and
+every later ask sees every told result, pruned ones included.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .cohort import MemberResult, MemberSpec
+from .cohort import MemberResult, MemberSpec, Report
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,12 +83,34 @@ class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
         return trans.untransform(rng.uniform(trans.bounds[:, 0], trans.bounds[:, 1]))[param_name]
 
 
-def make_sampler(cfg, seed: int | None) -> optuna.samplers.BaseSampler:
+#: ``n_startup_trials: auto`` of TPE: half the first wave, at most this many.
+AUTO_STARTUP_MAX = 10
+
+
+def tpe_startup(n_startup_trials: int | str, slots: int | None) -> int:
+    """Resolve TPE's ``n_startup_trials``.
+
+    Why 'auto' is half a wave: TPE counts only *told* (complete or pruned) trials, so
+    every ask of the first wave is random whatever this is: the first wave *is* the
+    startup. What it decides is when refills start to use the model: once half the
+    first wave is told (the first rung prunes at least that many), capped at Optuna's
+    default of 10 so big cohorts do not stay random for a whole wave.
+    """
+    if n_startup_trials != "auto":
+        return int(n_startup_trials)
+    return max(1, min(AUTO_STARTUP_MAX, (slots or 2 * AUTO_STARTUP_MAX) // 2))
+
+
+def make_sampler(cfg, seed: int | None, *, slots: int | None = None) -> optuna.samplers.BaseSampler:
+    """Optuna sampler of a cell. TPE uses the constant liar: asks made while trials run
+    treat those as bad results, so a wave of parallel asks spreads out instead of being
+    K copies of one guess."""
     kind = cfg.kind
     if kind == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=getattr(cfg, "n_startup_trials", 10),
+            seed=seed, n_startup_trials=tpe_startup(getattr(cfg, "n_startup_trials", "auto"), slots),
             multivariate=getattr(cfg, "multivariate", True),
+            constant_liar=getattr(cfg, "constant_liar", True),
         )
     if kind == "random":
         return TrialSeededRandomSampler(seed=seed) if seed is not None else optuna.samplers.RandomSampler()
@@ -94,22 +124,236 @@ def make_sampler(cfg, seed: int | None) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {kind!r}")
 
 
-def make_pruner(cfg) -> optuna.pruners.BasePruner:
+# --------------------------------------------------------------------------- lockstep pruning
+#
+# Why not Optuna's stock pruners: Median/Percentile compare against *completed* trials
+# and SuccessiveHalving promotes whoever reaches a rung first. In a packed cohort every
+# member of a wave reaches each report step in the same round and none completes until
+# the wave ends, so the stock pruners never fire (or fire on arrival order). The
+# pruners below judge a member against every trial of the cell *at the same step* —
+# running peers of this cohort, members of earlier waves (pruned or finished) and
+# other cohorts of the cell — read from the cell's Optuna study. They are ordinary
+# `optuna.pruners.BasePruner`s (so ``trial.should_prune()`` works too), and
+# `OptunaSource.on_report_round` calls `PeerPruner.judge` once per round, after every
+# member of the round has reported.
+#
+# The intermediate value a member reports is its *best val error so far*: the trial's
+# objective is best val over its training, so the value at step e is exactly what the
+# objective would be had training stopped at e. That makes a finished member's value
+# a valid stand-in at later steps (see `PeerPruner.carried`), and a pruned trial's
+# value (Optuna sets it from the last intermediate value) comparable for TPE.
+
+
+def report_steps(epochs: int, report_every: int) -> list[int]:
+    """Epochs at which members report: multiples of ``report_every`` and the last epoch."""
+    return sorted(set(range(report_every, epochs + 1, report_every)) | {epochs})
+
+
+class PeerPruner(optuna.pruners.BasePruner):
+    """Judge a trial against every trial of its study that reached the same step.
+
+    Subclasses say which steps they read (`reads`) and decide (`judge`); this class
+    builds the peer table. A trial that finished before ``step`` (stopped early, or
+    pruned) still counts where `carried` says so, with its final value: a member that
+    left the race is not a member that vanished, or each later round would compare the
+    survivors only with each other and halve them again.
+    """
+
+    #: Whether pruned trials stay in the comparison after their last step.
+    carry_pruned = True
+
+    def __init__(self, *, epochs: int, report_every: int):
+        self.epochs = int(epochs)
+        self.steps = [s for s in report_steps(self.epochs, int(report_every)) if s < self.epochs]
+
+    def reads(self, number: int, step: int) -> bool:
+        """Whether trial ``number`` is judged at ``step`` (only these steps are told)."""
+        raise NotImplementedError
+
+    def judge(self, number: int, step: int, value: float, peers: dict[int, float]) -> bool:
+        """Prune trial ``number`` (``value`` at ``step``) given ``peers`` (other trials)?"""
+        raise NotImplementedError
+
+    def carried(self, t: optuna.trial.FrozenTrial) -> float | None:
+        if t.state == TrialState.COMPLETE or (self.carry_pruned and t.state == TrialState.PRUNED):
+            return t.value
+        return None
+
+    def table(self, trials, step: int) -> dict[int, float]:
+        """``{trial number: value at step}`` over all trials that count at ``step``."""
+        out = {}
+        for t in trials:
+            v = t.intermediate_values.get(step)
+            if v is None and t.state.is_finished() and (t.last_step is None or t.last_step < step):
+                v = self.carried(t)
+            if v is not None and math.isfinite(v):
+                out[t.number] = float(v)
+        return out
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not self.reads(trial.number, step):
+            return False
+        peers = self.table(study.get_trials(deepcopy=False), step)
+        peers.pop(trial.number, None)
+        return self.judge(trial.number, step, trial.intermediate_values[step], peers)
+
+
+class LockstepPercentilePruner(PeerPruner):
+    """Prune a member whose best val so far is worse than the ``percentile`` of its peers
+    at the same step (Optuna's PercentilePruner, with peers = every trial at that step).
+
+    ``n_startup_trials`` / ``n_min_trials``: at least that many *other* trials must have a
+    value at the step (stock Optuna counts completed trials, which a lockstep wave never
+    has). Steps before ``n_warmup_steps`` are not judged; after it, the first report step
+    of every ``interval_steps`` window is.
+    """
+
+    def __init__(self, percentile: float, *, n_startup_trials: int = 5, n_warmup_steps: int = 0,
+                 interval_steps: int = 1, n_min_trials: int = 1, epochs: int, report_every: int):
+        super().__init__(epochs=epochs, report_every=report_every)
+        self.percentile = float(percentile)
+        self.n_peers = max(int(n_startup_trials), int(n_min_trials), 1)
+        read, window = set(), None
+        for s in self.steps:
+            if s >= n_warmup_steps and (s - n_warmup_steps) // interval_steps != window:
+                window = (s - n_warmup_steps) // interval_steps
+                read.add(s)
+        self.read = read
+
+    def reads(self, number: int, step: int) -> bool:
+        return step in self.read
+
+    def judge(self, number, step, value, peers) -> bool:
+        if len(peers) < self.n_peers:
+            return False
+        return value > float(np.percentile(list(peers.values()), self.percentile))
+
+
+class LockstepMedianPruner(LockstepPercentilePruner):
+    """`LockstepPercentilePruner` at the median."""
+
+    def __init__(self, **kw):
+        super().__init__(50.0, **kw)
+
+
+def halving_rungs(epochs: int, report_every: int, min_resource: int | str, eta: int,
+                  rate: int = 0, max_resource: int | None = None) -> list[int]:
+    """Rung epochs ``min_resource · ηᵏ`` (k ≥ ``rate``), each moved up to the next report
+    step, below ``max_resource`` (default: the last epoch, where nobody is pruned).
+
+    ``min_resource: auto`` puts the first rung at ``epochs / η²``: two rungs, the first
+    after ~1/η² of training (a ninth at η = 3), when a bad learning rate already shows
+    and a good one has not yet been overtaken.
+    """
+    top = min(epochs, max_resource or epochs)
+    steps = [s for s in report_steps(epochs, report_every) if s < top]
+    r = max(1.0, epochs / eta ** AUTO_RUNGS) if min_resource == "auto" else float(min_resource)
+    r *= eta ** rate
+    out = []
+    while steps and r <= steps[-1]:
+        s = next(x for x in steps if x >= r - 1e-9)
+        if not out or s > out[-1]:
+            out.append(s)
+        r *= eta
+    return out
+
+
+#: Rungs below the last epoch with ``min_resource: auto``.
+AUTO_RUNGS = 2
+
+
+class LockstepHalvingPruner(PeerPruner):
+    """Cohort-synchronous successive halving (ASHA rule): at each rung, keep a member iff
+    it is in the top ``1/η`` (at least one) of every trial that reached that rung.
+
+    A lockstep wave reaches a rung together, so the first wave is a true synchronous
+    bracket; refilled members are judged against the rung's whole history, as in ASHA.
+    Pruned trials do not count at later rungs (they did not reach them); members that
+    finished early do, with their final value.
+    """
+
+    carry_pruned = False
+
+    def __init__(self, *, min_resource: int | str = "auto", reduction_factor: int = 3,
+                 min_early_stopping_rate: int = 0, epochs: int, report_every: int):
+        super().__init__(epochs=epochs, report_every=report_every)
+        self.eta = int(reduction_factor)
+        self.rungs = halving_rungs(self.epochs, report_every, min_resource, self.eta,
+                                   int(min_early_stopping_rate))
+
+    def reads(self, number: int, step: int) -> bool:
+        return step in self.rungs
+
+    def judge(self, number, step, value, peers) -> bool:
+        keep = max(1, (len(peers) + 1) // self.eta)
+        return sum(v < value for v in peers.values()) >= keep
+
+
+class LockstepHyperbandPruner(PeerPruner):
+    """Hyperband over lockstep halving: brackets with later and later first rungs
+    (the last one never prunes), trials dealt round-robin by number, each judged only
+    against its own bracket. A hedge for cells where early curves mislead."""
+
+    carry_pruned = False
+
+    def __init__(self, *, min_resource: int = 1, max_resource: int | str = "auto",
+                 reduction_factor: int = 3, epochs: int, report_every: int):
+        super().__init__(epochs=epochs, report_every=report_every)
+        self.eta = int(reduction_factor)
+        top = self.epochs if max_resource == "auto" else int(max_resource)
+        n = int(math.floor(math.log(max(top / min_resource, 1.0), self.eta) + 1e-9)) + 1
+        self.brackets = [halving_rungs(self.epochs, report_every, min_resource, self.eta, s, top)
+                         for s in range(n)]
+
+    def bracket(self, number: int) -> int:
+        return number % len(self.brackets)
+
+    def reads(self, number: int, step: int) -> bool:
+        return step in self.brackets[self.bracket(number)]
+
+    def judge(self, number, step, value, peers) -> bool:
+        b = self.bracket(number)
+        same = [v for n, v in peers.items() if self.bracket(n) == b]
+        keep = max(1, (len(same) + 1) // self.eta)
+        return sum(v < value for v in same) >= keep
+
+
+def make_pruner(cfg, *, epochs: int | None = None, report_every: int | None = None
+                ) -> optuna.pruners.BasePruner:
+    """The cell's pruner. Median, percentile, successive halving and hyperband are the
+    lockstep versions above (they need the study's ``epochs`` and ``report_every`` to
+    place their steps); wilcoxon is Optuna's own; none never prunes."""
     kind = cfg.kind
     p = cfg.model_dump(exclude={"kind"})
     if kind == "none":
         return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(**p)
-    if kind == "percentile":
-        return optuna.pruners.PercentilePruner(**p)
-    if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**p)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(**p)
     if kind == "wilcoxon":
         return optuna.pruners.WilcoxonPruner(**p)
+    if epochs is None or report_every is None:
+        raise ValueError(f"the {kind} pruner needs epochs and report_every")
+    at = {"epochs": epochs, "report_every": report_every}
+    if kind == "median":
+        return LockstepMedianPruner(**p, **at)
+    if kind == "percentile":
+        return LockstepPercentilePruner(**p, **at)
+    if kind == "successive_halving":
+        return LockstepHalvingPruner(**p, **at)
+    if kind == "hyperband":
+        return LockstepHyperbandPruner(**p, **at)
     raise ValueError(f"unknown pruner {kind!r}")
+
+
+def pruner_steps(pruner) -> list[int] | None:
+    """The steps a lockstep pruner can prune at (for plans and guard rails); None if
+    it is not a lockstep pruner."""
+    if isinstance(pruner, LockstepHyperbandPruner):
+        return sorted({s for b in pruner.brackets for s in b})
+    if isinstance(pruner, LockstepHalvingPruner):
+        return list(pruner.rungs)
+    if isinstance(pruner, LockstepPercentilePruner):
+        return sorted(pruner.read)
+    return None
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -154,11 +398,22 @@ class OptunaSource:
     `quota` is this unit's share of the cell's trials. Trials already started by an
     earlier attempt of the unit (user attr ``unit``) count toward it; those that
     were RUNNING but are not resumed from a checkpoint are handed out again first.
+
+    Pruning: with a `PeerPruner` (the default kinds), `on_report_round` reports every
+    due member first, then judges each against the whole round and the cell's history
+    (one ``get_trials`` per round). Only the steps the pruner reads are told to Optuna;
+    MLflow keeps the full curves. Other pruners are asked member by member.
+
+    Refill: a trial asked after this unit freed a slot (any member finished) carries
+    user attr ``refill``; `cell_counts` reads it back for ``status`` and MLflow.
+    ``resume_best`` (key → best val so far, from the cohort checkpoint) restores the
+    running best of members resumed mid-training.
     """
 
     def __init__(self, study: optuna.Study, *, unit: str, cell_key: str, space: dict, quota: int,
                  base_seed: int, in_flight: set[int] = frozenset(), final_epoch: int | None = None,
-                 on_result: Callable[[MemberResult, int, bool], None] | None = None):
+                 on_result: Callable[[MemberResult, int, bool], None] | None = None,
+                 resume_best: dict[str, float] | None = None):
         self.study = study
         self.unit = unit
         self.cell_key = cell_key
@@ -167,10 +422,16 @@ class OptunaSource:
         self.base_seed = base_seed
         self.on_result = on_result
         self.final_epoch = final_epoch
+        self.pruner = study.pruner
+        self.lockstep = isinstance(self.pruner, PeerPruner)
         self.fresh: set[str] = set()  # keys asked in this attempt: no MLflow run can exist yet
         self.trials: dict[str, optuna.Trial] = {}
+        self.told_steps: dict[str, set[int]] = {}   # steps already in storage, per key
+        self.best: dict[str, float] = {k: float(v) for k, v in (resume_best or {}).items()
+                                       if v is not None and math.isfinite(v)}
         mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("unit") == unit]
         self.started = len(mine)
+        self.freed = any(t.state.is_finished() for t in mine)
         self.requeue = [t for t in mine if t.state == TrialState.RUNNING and t.number not in in_flight]
         # Members restored from a checkpoint: re-attach their trials. One that already
         # finished after the checkpoint is replayed to the same outcome (its tell and
@@ -178,11 +439,14 @@ class OptunaSource:
         self.replay: dict[str, optuna.trial.FrozenTrial] = {}
         for t in mine:
             if t.number in in_flight:
+                key = self._key(t.number)
                 if t.state == TrialState.RUNNING:
-                    self.trials[self._key(t.number)] = optuna.Trial(study, t._trial_id)
+                    self.trials[key] = optuna.Trial(study, t._trial_id)
+                    self.told_steps[key] = set(t.intermediate_values)
                 else:
-                    self.replay[self._key(t.number)] = t
-        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
+                    self.replay[key] = t
+        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "asked": 0,
+                       "refilled": 0}
 
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
@@ -193,36 +457,79 @@ class OptunaSource:
             trial = optuna.Trial(self.study, frozen._trial_id)
             params = dict(frozen.params)
             params.update({k: v for k, v in self.space.items() if isinstance(v, (int, float))})
+            self.told_steps[self._key(trial.number)] = set(frozen.intermediate_values)
         else:
             if self.started >= self.quota:
                 return None
             trial = self.study.ask()
             self.started += 1
             trial.set_user_attr("unit", self.unit)  # key and seed derive from the number
+            if self.freed:
+                trial.set_user_attr("refill", True)
+                self.counts["refilled"] += 1
+            self.counts["asked"] += 1
             params = suggest(trial, self.space)
             self.fresh.add(self._key(trial.number))
+            self.told_steps[self._key(trial.number)] = set()
         key = self._key(trial.number)
         seed = member_seed(self.base_seed, self.cell_key, trial.number)
         self.trials[key] = trial
         return member_spec(key, seed, params)
 
+    def _tell_step(self, key: str, value: float, step: int) -> None:
+        steps = self.told_steps.setdefault(key, set())
+        if step not in steps:  # a resumed member re-reports steps already stored
+            self.trials[key].report(float(value), int(step))
+            steps.add(step)
+
+    def on_report_round(self, reports) -> set[str]:
+        """Judge one report round (`cohort.Report`s); returns the keys to prune."""
+        prune: set[str] = set()
+        judged: list[tuple[str, int, int, float]] = []   # key, number, step, value
+        for r in reports:
+            key, epoch = r.key, int(r.epoch)
+            if key in self.replay:
+                done = self.replay[key]
+                if done.state == TrialState.PRUNED and epoch >= max(done.intermediate_values, default=-1):
+                    prune.add(key)
+                continue
+            if key not in self.trials or not math.isfinite(r.val_error):
+                continue  # the cohort finishes a non-finite member as diverged
+            best = min(self.best.get(key, math.inf), float(r.val_error))
+            self.best[key] = best
+            if self.final_epoch is not None and epoch >= self.final_epoch:
+                continue  # a member that trained every epoch is complete: never pruned at the line
+            trial = self.trials[key]
+            if self.lockstep:
+                if self.pruner.reads(trial.number, epoch):
+                    self._tell_step(key, best, epoch)
+                    judged.append((key, trial.number, epoch, best))
+            elif not isinstance(self.pruner, optuna.pruners.NopPruner):
+                self._tell_step(key, r.val_error, epoch)
+                if trial.should_prune():
+                    prune.add(key)
+        if judged:
+            trials = self.study.get_trials(deepcopy=False)
+            tables: dict[int, dict[int, float]] = {}
+            for key, number, step, value in judged:
+                if step not in tables:
+                    tables[step] = self.pruner.table(trials, step)
+                    # this round's values, even if the storage lags behind
+                    tables[step].update({n: v for _, n, s, v in judged if s == step})
+                peers = {n: v for n, v in tables[step].items() if n != number}
+                if self.pruner.judge(number, step, value, peers):
+                    prune.add(key)
+        return prune
+
     def on_report(self, key: str, epoch: int, train_loss: float, val_error: float) -> bool:
-        if self.final_epoch is not None and epoch >= self.final_epoch:
-            # A member that trained every epoch is complete: never pruned at the line.
-            if key in self.trials and math.isfinite(val_error):
-                self.trials[key].report(float(val_error), int(epoch))
-            return False
-        if key in self.replay:
-            done = self.replay[key]
-            last = max(done.intermediate_values, default=-1)
-            return done.state == TrialState.PRUNED and epoch >= last
-        trial = self.trials[key]
-        if not math.isfinite(val_error):
-            return False  # the cohort marks it diverged
-        trial.report(float(val_error), int(epoch))
-        return trial.should_prune()
+        """One member at a time (cohorts without round reports): judged against what
+        the cell's storage holds at that moment."""
+        return key in self.on_report_round([Report(key, epoch, train_loss, val_error)])
 
     def on_finish(self, result: MemberResult) -> None:
+        self.freed = True
+        self.best.pop(result.key, None)
+        self.told_steps.pop(result.key, None)
         if result.key in self.replay:
             frozen = self.replay.pop(result.key)
             if self.on_result is not None:
@@ -238,8 +545,41 @@ class OptunaSource:
         if self.on_result is not None:
             self.on_result(result, trial.number, result.key in self.fresh)
         self.fresh.discard(result.key)
+        # PRUNED takes its last intermediate value (best val at the pruning rung) as its
+        # value: TPE ranks it among the bad results instead of ignoring it.
         self.study.tell(trial, value, state=state, skip_if_finished=True)
         self.counts[result.state] = self.counts.get(result.state, 0) + 1
+
+
+def cell_counts(trials) -> dict:
+    """Search progress of one cell from its Optuna trials (the source of truth).
+
+    asked / running / completed / pruned / failed / refilled, and ``pruned_at``:
+    ``{epoch: n}`` — the step a pruned trial was judged at is its last reported step.
+    """
+    by = {s: 0 for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")}
+    pruned_at: dict[int, int] = {}
+    refilled = 0
+    for t in trials:
+        by[t.state.name] = by.get(t.state.name, 0) + 1
+        if t.state == TrialState.PRUNED and t.last_step is not None:
+            pruned_at[t.last_step] = pruned_at.get(t.last_step, 0) + 1
+        refilled += bool(t.user_attrs.get("refill"))
+    return {"asked": len(trials) - by["WAITING"], "running": by["RUNNING"], "completed": by["COMPLETE"],
+            "pruned": by["PRUNED"], "failed": by["FAIL"], "refilled": refilled,
+            "pruned_at": dict(sorted(pruned_at.items()))}
+
+
+def format_pruned_at(pruned_at: dict) -> str:
+    """``{20: 6, 60: 1}`` → ``"6@20 1@60"`` (how many were pruned at which epoch)."""
+    return " ".join(f"{n}@{step}" for step, n in sorted(pruned_at.items())) or "—"
+
+
+def count_metrics(counts: dict) -> dict[str, float]:
+    """`cell_counts` as flat MLflow metric names (``search.pruned_at_20`` …)."""
+    out = {f"search.{k}": float(v) for k, v in counts.items() if k != "pruned_at"}
+    out.update({f"search.pruned_at_{s}": float(n) for s, n in counts.get("pruned_at", {}).items()})
+    return out
 
 
 class FixedSource:

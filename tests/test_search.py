@@ -1,0 +1,342 @@
+"""Search inside lockstep cohorts: peer pruning, refill, waves, guard rails, counts.
+
+The fast tests drive `OptunaSource` with a fake lockstep cohort (`run_lockstep`:
+members advance one epoch per tick, report together, freed slots refill at once) and
+an in-memory Optuna study, so pruning decisions are checked exactly; one test trains a
+real `Cohort`. The MLflow side (refilled members get their own runs, cell counts on
+the cell run) is the slow end-to-end test at the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from dlor_scale import search
+from dlor_scale.cohort import MemberResult, Report
+from dlor_scale.search import (
+    LockstepHalvingPruner,
+    LockstepHyperbandPruner,
+    LockstepMedianPruner,
+    OptunaSource,
+    cell_counts,
+    halving_rungs,
+)
+
+SPACE = {"lr": type("D", (), {"type": "float", "low": 1e-6, "high": 1.0, "log": True, "step": None})()}
+
+
+def make_study(pruner, sampler=None, enqueue=()):
+    study = optuna.create_study(direction="minimize", pruner=pruner,
+                                sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+    for params in enqueue:
+        study.enqueue_trial(params)
+    return study
+
+
+def curve(lr: float, epoch: int) -> float:
+    """A val-error curve whose quality is set by lr: best near lr = 1e-2, with an early
+    ranking that matches the final one (so a correct pruner keeps the good ones)."""
+    quality = abs(math.log10(lr) + 2.0)
+    return (0.1 + quality) * (1.0 + 5.0 / (1.0 + epoch))
+
+
+def run_lockstep(source, *, slots, epochs, report_every, val=curve, patience_stop=None):
+    """A lockstep cohort in miniature: same refill / report / finish order as `Cohort`."""
+    members = {}
+    results = {}
+
+    def refill():
+        while len(members) < slots:
+            spec = source.next_member()
+            if spec is None:
+                return
+            members[spec.key] = {"spec": spec, "epoch": 0, "curve": [], "best": math.inf}
+
+    refill()
+    rounds = []
+    while members:
+        for m in members.values():
+            m["epoch"] += 1
+        due = [k for k, m in members.items() if m["epoch"] % report_every == 0 or m["epoch"] >= epochs]
+        if not due:
+            continue
+        reports = []
+        for k in due:
+            m = members[k]
+            v = val(m["spec"].lr, m["epoch"])
+            m["curve"].append((m["epoch"], v))
+            m["best"] = min(m["best"], v)
+            reports.append(Report(k, m["epoch"], v, v))
+        pruned = set(source.on_report_round(reports))
+        rounds.append((sorted(r.epoch for r in reports), pruned))
+        for k in due:
+            m = members[k]
+            state = ("pruned" if k in pruned else "completed" if m["epoch"] >= epochs
+                     else "stopped" if patience_stop and patience_stop(m) else None)
+            if state is None:
+                continue
+            del members[k]
+            res = MemberResult(key=k, state="completed" if state == "stopped" else state, epochs=m["epoch"],
+                               train_loss=m["curve"], val_error=m["curve"], best_val=m["best"],
+                               test_error=m["best"], epochs_to_threshold=None, wall_time_s=0.0,
+                               spec=m["spec"], stopped_early=state == "stopped")
+            results[k] = res
+            source.on_finish(res)
+        refill()
+    return results, rounds
+
+
+def planted(n_good=4, n_bad=4):
+    """Good lr around 1e-2, bad lr far too large (and far from the optimum)."""
+    good = [{"lr": v} for v in (0.008, 0.01, 0.012, 0.015)[:n_good]]
+    bad = [{"lr": v} for v in (0.6, 0.7, 0.8, 0.9)[:n_bad]]
+    return [x for pair in zip(bad, good) for x in pair]   # interleaved: order must not matter
+
+
+def source_for(study, quota, final_epoch, **kw):
+    return OptunaSource(study, unit="u/0", cell_key="dense@100", space=SPACE, quota=quota,
+                        base_seed=0, final_epoch=final_epoch, **kw)
+
+
+# ----------------------------------------------------------------------------- rungs
+
+
+def test_halving_rungs_land_on_report_steps():
+    assert halving_rungs(150, 10, "auto", 3) == [20, 50]
+    assert halving_rungs(150, 10, 10, 2) == [10, 20, 40, 80]
+    assert halving_rungs(100, 10, 25, 2) == [30, 50]       # 25 → next report step 30; 100 is the end
+    assert halving_rungs(30, 10, 40, 2) == []               # first rung past the end: never prunes
+    assert halving_rungs(160, 10, 10, 2, rate=1) == [20, 40, 80]
+
+
+# ----------------------------------------------------------------------------- lockstep pruning
+
+
+def test_planted_bad_half_is_pruned_at_the_first_rung_and_refilled():
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=60, report_every=10)
+    study = make_study(pr, enqueue=planted())
+    src = source_for(study, quota=12, final_epoch=60)
+    results, rounds = run_lockstep(src, slots=8, epochs=60, report_every=10)
+    trials = {t.number: t for t in study.get_trials()}
+    bad = {n for n in range(8) if trials[n].params["lr"] > 0.5}
+    assert len(bad) == 4
+    # every bad member is pruned at the first rung (epoch 10), no good one is
+    first_epochs, first_pruned = rounds[0]
+    assert first_epochs == [10] * 8
+    assert {int(k.rsplit("t", 1)[1]) for k in first_pruned} == bad
+    for n in bad:
+        assert trials[n].state == TrialState.PRUNED
+        assert dict(trials[n].intermediate_values) == {10: pytest.approx(curve(trials[n].params["lr"], 10))}
+        assert trials[n].value == pytest.approx(curve(trials[n].params["lr"], 10))  # TPE sees it
+    # the freed slots were refilled straight away, as new Optuna trials
+    assert len(trials) == 12
+    assert all(trials[n].user_attrs.get("refill") for n in range(8, 12))
+    assert not any(trials[n].user_attrs.get("refill") for n in range(8))
+    assert src.counts["refilled"] == 4
+    assert cell_counts(study.get_trials())["refilled"] == 4
+    # only the rungs are told (no intermediate value at non-rung steps)
+    for t in trials.values():
+        assert set(t.intermediate_values) <= {10, 20, 40}
+    # the first wave halves at every rung: 8 → 4 → 2 → 1 of the originals complete
+    originals = [t for n, t in trials.items() if n < 8]
+    assert sum(t.state == TrialState.COMPLETE for t in originals) == 1
+
+
+def test_stock_median_pruner_never_fires_in_lockstep_but_lockstep_median_does():
+    """The bug this module fixes: nothing completes before the wave ends, so Optuna's
+    MedianPruner has no reference; the lockstep one compares running peers."""
+    for pruner, expect in ((optuna.pruners.MedianPruner(n_startup_trials=3), 0),
+                           (LockstepMedianPruner(n_startup_trials=3, epochs=50, report_every=10), 4)):
+        study = make_study(pruner, enqueue=planted())
+        run_lockstep(source_for(study, quota=8, final_epoch=50), slots=8, epochs=50, report_every=10)
+        pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
+        assert len(pruned) == expect, type(pruner).__name__
+        assert all(t.params["lr"] > 0.5 for t in pruned)
+
+
+def test_median_does_not_cascade_over_survivors():
+    """Pruned members keep counting (with their last value) at later steps, so the
+    survivors of one round are not halved again at every report."""
+    pr = LockstepMedianPruner(n_startup_trials=3, epochs=50, report_every=10)
+    study = make_study(pr, enqueue=planted())
+    _, rounds = run_lockstep(source_for(study, quota=8, final_epoch=50), slots=8, epochs=50, report_every=10)
+    assert [len(p) for _, p in rounds] == [4, 0, 0, 0, 0]
+
+
+def test_startup_count_is_peers_at_the_step():
+    """n_startup_trials counts other trials at the same step: with 8 members, 7 peers."""
+    for n_startup, expect in ((7, 4), (8, 0)):
+        pr = LockstepMedianPruner(n_startup_trials=n_startup, epochs=30, report_every=10)
+        study = make_study(pr, enqueue=planted())
+        run_lockstep(source_for(study, quota=8, final_epoch=30), slots=8, epochs=30, report_every=10)
+        assert sum(t.state == TrialState.PRUNED for t in study.get_trials()) == expect
+
+
+def test_never_pruned_at_the_last_epoch():
+    pr = LockstepMedianPruner(n_startup_trials=1, epochs=10, report_every=10)
+    study = make_study(pr, enqueue=planted())
+    run_lockstep(source_for(study, quota=8, final_epoch=10), slots=8, epochs=10, report_every=10)
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+
+
+def test_refills_are_judged_against_the_rung_history():
+    """A refilled member reaches the rung alone; it is judged against every trial that
+    reached it before (ASHA), not waved through for lack of company."""
+    pr = LockstepHalvingPruner(min_resource=20, reduction_factor=2, epochs=60, report_every=10)
+    lrs = [{"lr": v} for v in (0.01, 0.011, 0.012, 0.013, 0.5, 0.6, 0.7, 0.8)] + [{"lr": 0.9}, {"lr": 0.0101}]
+    study = make_study(pr, enqueue=lrs)
+    run_lockstep(source_for(study, quota=10, final_epoch=60), slots=8, epochs=60, report_every=10)
+    t = {x.number: x for x in study.get_trials()}
+    assert t[8].state == TrialState.PRUNED and t[8].last_step == 20     # bad refill: pruned alone
+    assert t[9].state == TrialState.COMPLETE                            # good refill: kept
+
+
+def test_early_stopped_members_count_at_later_rungs():
+    """A member that stopped early on a plateau finished with its best value; later
+    rungs still compare against it."""
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=80, report_every=10)
+    study = make_study(pr)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01}, distributions={"lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)},
+        value=0.05, intermediate_values={10: 0.2}, state=TrialState.COMPLETE))
+    table = pr.table(study.get_trials(), 40)
+    assert table == {0: 0.05}
+    assert pr.judge(1, 40, 0.3, table)      # worse than the early-stopped member: pruned
+    assert not pr.judge(1, 40, 0.04, table)
+
+
+def test_hyperband_judges_within_brackets():
+    pr = LockstepHyperbandPruner(min_resource=10, reduction_factor=3, epochs=90, report_every=10)
+    assert len(pr.brackets) == 3 and pr.brackets[-1] == []        # the last bracket never prunes
+    peers = {1: 0.1, 2: 0.1, 4: 0.1}                               # trial 1, 4 share bracket 1 with 7
+    assert pr.bracket(7) == 1
+    assert pr.judge(7, 10, 0.5, peers)                            # behind both bracket-mates
+    assert not pr.judge(7, 10, 0.05, peers)
+
+
+# ----------------------------------------------------------------------------- sampling in waves
+
+
+def test_tpe_startup_is_the_first_wave_and_refills_learn():
+    assert search.tpe_startup("auto", 8) == 4
+    assert search.tpe_startup("auto", 64) == 10
+    assert search.tpe_startup(3, 64) == 3
+    cfg = type("C", (), {"kind": "tpe", "n_startup_trials": "auto", "multivariate": True,
+                         "constant_liar": True})()
+    sampler = search.make_sampler(cfg, seed=1, slots=8)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=40, report_every=10)
+    study = make_study(pr, sampler=sampler)
+    src = source_for(study, quota=24, final_epoch=40)
+    run_lockstep(src, slots=8, epochs=40, report_every=10)
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    first = [abs(math.log10(t.params["lr"]) + 2) for t in trials[:8]]
+    late = [abs(math.log10(t.params["lr"]) + 2) for t in trials[-8:]]
+    # later waves, sampled by TPE from told (incl. pruned) results, sit nearer the optimum
+    assert sum(late) / len(late) < 0.6 * sum(first) / len(first)
+    # and a wave of parallel asks is not one guess repeated (constant liar)
+    assert len({round(t.params["lr"], 6) for t in trials[8:12]}) == 4
+
+
+# ----------------------------------------------------------------------------- exactly once
+
+
+def test_resumed_unit_neither_reasks_nor_double_counts():
+    """Kill a unit mid-run (after a rung), resume from its checkpointed members: the
+    resumed source re-attaches running trials, replays finished ones, asks only what
+    was never asked, and the cell ends with exactly `quota` trials."""
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=40, report_every=10)
+    study = make_study(pr, enqueue=planted())
+    src = source_for(study, quota=12, final_epoch=40)
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def crash_after_two_rounds(lr, epoch):
+        if epoch == 20:
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise Crash
+        return curve(lr, epoch)
+
+    with pytest.raises(Crash):
+        run_lockstep(src, slots=8, epochs=40, report_every=10, val=crash_after_two_rounds)
+    running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert running
+    # no checkpoint: every running trial is handed out again before anything new is asked
+    src2 = source_for(study, quota=12, final_epoch=40)
+    assert src2.started == 12 and len(src2.requeue) == len(running)
+    assert src2.freed                    # slots were freed earlier: asks would be refills
+    run_lockstep(src2, slots=8, epochs=40, report_every=10)
+    assert len(study.get_trials()) == 12
+    assert all(t.state.is_finished() for t in study.get_trials())
+    assert src2.counts["asked"] == 0
+
+
+def test_replayed_pruned_member_is_pruned_again_at_the_same_step():
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=40, report_every=10)
+    study = make_study(pr, enqueue=planted())
+    run_lockstep(source_for(study, quota=8, final_epoch=40), slots=8, epochs=40, report_every=10)
+    pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
+    # a checkpoint taken before they were pruned lists them as in flight
+    src = source_for(study, quota=8, final_epoch=40, in_flight={t.number for t in pruned})
+    keys = {f"dense@100/t{t.number}": t.last_step for t in pruned}
+    assert set(src.replay) == set(keys) and set(keys.values()) == {10, 20}
+    # before its pruning step a replayed member trains on; at it, it is pruned again
+    assert src.on_report_round([Report(k, s - 10, 1.0, 1.0) for k, s in keys.items() if s > 10]) == set()
+    assert src.on_report_round([Report(k, s, 1.0, 1.0) for k, s in keys.items()]) == set(keys)
+    assert src.started == 8 and src.next_member() is None
+
+
+def test_resume_best_restores_running_best():
+    pr = LockstepMedianPruner(n_startup_trials=1, epochs=40, report_every=10)
+    study = make_study(pr)
+    src = source_for(study, quota=2, final_epoch=40)
+    a, b = src.next_member(), src.next_member()
+    src.on_report_round([Report(a.key, 10, 0, 0.5), Report(b.key, 10, 0, 0.4)])
+    # resumed: a had reached 0.1 before the checkpoint; its report at 20 (0.3) must not hide it
+    src2 = source_for(study, quota=2, final_epoch=40, in_flight={0, 1}, resume_best={a.key: 0.1})
+    pruned = src2.on_report_round([Report(a.key, 20, 0, 0.3), Report(b.key, 20, 0, 0.35)])
+    assert pruned == {b.key}
+    assert study.get_trials()[0].intermediate_values[20] == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- a real cohort
+
+
+def test_real_cohort_prunes_planted_bad_half_at_first_rung(one_torch_thread):
+    from dlor_scale.cohort import Cohort
+    from dlor_scale.models import Shape
+    from dlor_scale.targets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 1, generator=g)
+
+    def split(n):
+        x = torch.rand(n, 3, generator=g) * 2 - 1
+        return x, torch.tanh(2 * x @ w)
+
+    (xt, yt), (xv, yv), (xs, ys) = split(128), split(64), split(64)
+    data = Dataset("t", xt, yt, xv, yv, xs, ys)
+    shape = Shape(family="dense", d_in=3, d_out=1, width=8, depth=1)
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=40, report_every=10)
+    good = [{"lr": v} for v in (0.02, 0.03, 0.04, 0.05)]
+    bad = [{"lr": v} for v in (1e-5, 2e-5, 3e-5, 4e-5)]      # far too small: no progress
+    study = make_study(pr, enqueue=[x for p in zip(bad, good) for x in p])
+    src = source_for(study, quota=12, final_epoch=40)
+    Cohort(shape, data, slots=8, epochs=40, report_every=10, compile=False).run(src)
+    trials = {t.number: t for t in study.get_trials()}
+    assert len(trials) == 12
+    for n in range(8):
+        if trials[n].params["lr"] < 1e-4:
+            assert trials[n].state == TrialState.PRUNED and trials[n].last_step == 10, n
+    assert sum(t.state == TrialState.PRUNED and t.last_step == 10 for n, t in trials.items() if n < 8) == 4
+    assert all(trials[n].user_attrs.get("refill") for n in range(8, 12))
+    assert src.counts["pruned"] >= 4 and src.counts["refilled"] == 4
