@@ -202,6 +202,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
             study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]),
             sampler=_sampler(study, unit), pruner=_pruner(study),
         )
+        # running best val of members resumed mid-training (pruners judge best-so-far)
+        resume_best = {m["spec"]["key"]: m["best_val"] for m in resume["members"] if m} if resume else None
 
         def on_result(result: MemberResult, number: int, fresh: bool):
             recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=number, settings=settings),
@@ -211,7 +213,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
         source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=ctx["search_space"],
                               quota=unit["quota"], base_seed=ctx["seed"], in_flight=in_flight,
-                              final_epoch=ctx["epochs"], on_result=on_result)
+                              final_epoch=ctx["epochs"], on_result=on_result, resume_best=resume_best)
     else:
         members = [MemberSpec(**m) for m in unit["members"]]
 
@@ -244,6 +246,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                        resume=resume)
     finally:
         left = recorder.close()
+    if unit["phase"] == "search":
+        progress.update(asked=source.counts["asked"], refilled=source.counts["refilled"])
+        _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "parked": left, "node": node,
            "resumed": resume is not None,
            "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
@@ -257,12 +262,34 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
 def _sampler(study, unit):
     from .search import make_sampler, member_seed
     seed = None if study.sampler.seed is None else member_seed(study.sampler.seed, unit["id"], 0)
-    return make_sampler(study.sampler, seed)
+    return make_sampler(study.sampler, seed, slots=unit.get("slots"))
 
 
 def _pruner(study):
     from .search import make_pruner
-    return make_pruner(study.pruner)
+    return make_pruner(study.pruner, epochs=study.epochs, report_every=study.report_every)
+
+
+def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
+    """Log the cell's search counts (asked, running, completed, pruned and at which
+    epochs, refilled; from Optuna, the source of truth) on its MLflow cell run.
+
+    Step = finished trials of the cell, so the latest value is the most complete one
+    whichever of the cell's units finishes last. Best effort: the members' own records
+    are already safe, and a tracking outage must not fail the unit.
+    """
+    import logging
+
+    from .search import cell_counts, count_metrics
+    run_id = ctx.get("cell_runs", {}).get(unit["cell"])
+    if run_id is None:
+        return
+    try:
+        counts = cell_counts(ostudy.get_trials(deepcopy=False))
+        step = counts["completed"] + counts["pruned"] + counts["failed"]
+        tracker.log_batch(run_id, metrics=[(k, v, step) for k, v in count_metrics(counts).items()])
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger(__name__).warning("cell counts of %s not recorded: %s", unit["cell"], e)
 
 
 def unit_dict(**kw) -> dict:
