@@ -19,19 +19,31 @@ import pyarrow.parquet as pq
 from .curves import Curves, points_from_runs
 from .records import member_runs, study_tracker
 from .tracking import Tracker
+from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata
 
 
 def load_curves(study: str, tracking_uri: str | None = None, *, form: str = "saturating",
-                n_boot: int = 1000, seed: int = 0) -> Curves:
-    """`dlor_scale.curves(...)`: fitted scaling curves of a study, per family label."""
+                n_boot: int = 1000, seed: int = 0, units: str = "standardized") -> Curves:
+    """`dlor_scale.curves(...)`: fitted scaling curves of a study, per family label.
+
+    ``units="target"`` reports errors (points, E, A, predictions) in the target's own units
+    (see `units`); α is unchanged. ``curves.units`` says which units and the factor used.
+    """
     tracker = study_tracker(study, tracking_uri)
-    points = points_from_runs(member_runs(tracker))
-    return Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=tracker.experiment_name)
+    info = study_units(tracker, units)
+    points = scale_columns(points_from_runs(member_runs(tracker)), ("error", "stderr"), info["factor"])
+    c = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=tracker.experiment_name)
+    c.units = info
+    return c
 
 
-def export_runs(study: str, out: Path, tracking_uri: str | None = None) -> pa.Table:
-    """Every member run as one Parquet file (written atomically)."""
-    table = member_runs(study_tracker(study, tracking_uri))
+def export_runs(study: str, out: Path, tracking_uri: str | None = None, *,
+                units: str = "standardized") -> pa.Table:
+    """Every member run as one Parquet file (written atomically). The target's scale and the
+    error units ride in the schema metadata (`units.SCALE_META_KEY`, `units.UNITS_META_KEY`)."""
+    tracker = study_tracker(study, tracking_uri)
+    info = study_units(tracker, units)
+    table = with_units_metadata(scale_columns(member_runs(tracker), ERROR_COLUMNS, info["factor"]), info)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -35,6 +35,26 @@ def _load(path: Path):
     return load_study(path)
 
 
+def _check_data(study) -> dict:
+    """Load and check the study's data now (Parquet: the whole file, split as workers will):
+    a bad file is a DataError, exit 2, before any folder, store or Ray exists."""
+    from .targets import check_study_data
+    return check_study_data(study)
+
+
+def _data_line(data: dict) -> str | None:
+    """One line describing Parquet data and its scale (None for synthetic targets)."""
+    if data.get("kind") != "parquet":
+        return None
+    sc = data["scale"]
+    how = ("standardized by the train split's mean/std; y: " + ", ".join(
+        f"{t!r} mean {m:.4g} std {sd:.4g}" for t, m, sd in zip(sc["targets"], sc["y_mean"], sc["y_std"]))
+        if sc["standardized"] else "not standardized (errors are in the target's units)")
+    return (f"data: {data['source']} ({data['n_rows']} rows, sha256 {data['sha256'][:12]}): "
+            f"train {data['n_train']} / val {data['n_val']} / test {data['n_test']}, "
+            f"{data['d_in']} features → {data['d_out']} target(s); {how}")
+
+
 def plan_table(plan) -> Table:
     t = Table(title=f"plan: {plan.study.name}", show_lines=False)
     rows = plan.table()
@@ -52,11 +72,14 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
     try:
         from .plan import make_plan
         study = _load(file)
+        data = _check_data(study)
         plan = make_plan(study)
     except DlorError as e:
         _fail(e)
     out.print(f"[green]ok[/] {file}: study {study.name!r}, {len(plan.cells)} cells, "
               f"{plan.total_trials} cohort units, {plan.total_members} members")
+    if _data_line(data):
+        out.print(_data_line(data), highlight=False)
 
 
 @app.command()
@@ -78,9 +101,12 @@ def launch(
     try:
         from .plan import make_plan
         study = _load(file)
+        data = _check_data(study)
         plan = make_plan(study)
         if dry_run:
             out.print(plan_table(plan))
+            if _data_line(data):
+                out.print(_data_line(data), highlight=False)
             for w in getattr(plan, "warnings", ()):
                 out.print(f"[yellow]warning:[/] {w}")
             out.print(f"{len(plan.cells)} cells, {plan.total_trials} cohort units, {plan.total_members} members; "
@@ -198,13 +224,17 @@ def curves(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for --format parquet/json"),
     predict: list[float] = typer.Option([], "--predict", help="predict the error at P parameters (repeatable)"),
     n_boot: int = typer.Option(1000, help="bootstrap resamples"),
+    units: str = typer.Option("standardized", "--units",
+                              help="standardized (default: what was trained and fitted) | target (the "
+                                   "target's own units, e.g. a Parquet column's; see docs/parquet.md)"),
 ):
     """Fitted scaling curves of a study (and comparisons of every family pair)."""
     try:
         from .analysis import comparisons, load_curves
-        c = load_curves(study, tracking_uri, n_boot=n_boot)
+        from .units import with_units_metadata
+        c = load_curves(study, tracking_uri, n_boot=n_boot, units=units)
         if format == "json":
-            doc = {**c.to_json(), "comparisons": comparisons(c)}
+            doc = {**c.to_json(), "units": c.units, "comparisons": comparisons(c)}
             if predict:
                 doc["predictions"] = {f.family: {str(p): _pred(f, p) for p in predict} for f in c}
             text = json.dumps(doc, indent=1, default=str)
@@ -213,10 +243,11 @@ def curves(
             import pyarrow.parquet as pq
             if output is None:
                 raise DlorError("--format parquet needs --output FILE")
-            pq.write_table(c.to_arrow(), output)
+            pq.write_table(with_units_metadata(c.to_arrow(), c.units), output)
             out.print(f"wrote {output}")
         elif format == "table":
             out.print(_curves_table(c))
+            out.print(_units_line(c.units), highlight=False)
             for name, cmp in comparisons(c).items():
                 if "delta_alpha" in cmp:
                     lo, hi = cmp["delta_alpha_ci"]
@@ -232,6 +263,18 @@ def curves(
         _fail(e)
 
 
+def _units_line(info: dict) -> str:
+    """Which units E, A and the errors are in (α has none)."""
+    sc = info.get("scale") or {}
+    if not sc.get("standardized"):
+        return "errors in the target's own units (the target was not standardized)"
+    if info["units"] == "target":
+        return (f"errors ({info['metric']}) in the target's units: standardized × {info['factor']:.6g} "
+                f"(y std of {sc['targets']})")
+    return (f"errors ({info['metric']}) in standardized units (× y std {sc['y_std']} of {sc['targets']}); "
+            "--units target for the target's units")
+
+
 def _pred(f, p: float) -> dict:
     import numpy as np
     if f.fit is None:
@@ -245,14 +288,17 @@ def export(
     study: str = typer.Argument(..., help="study name, folder, or spec file"),
     out_file: Path = typer.Argument(..., help="output .parquet"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
+    units: str = typer.Option("standardized", "--units",
+                              help="standardized (default: what was trained and fitted) | target (the "
+                                   "target's own units, e.g. a Parquet column's; see docs/parquet.md)"),
 ):
     """Every member run as one Arrow/Parquet table (params, final metrics, state)."""
     try:
         from .analysis import export_runs
-        table = export_runs(study, out_file, tracking_uri)
+        table = export_runs(study, out_file, tracking_uri, units=units)
     except DlorError as e:
         _fail(e)
-    out.print(f"wrote {table.num_rows} member runs to {out_file}")
+    out.print(f"wrote {table.num_rows} member runs to {out_file} (errors in {units} units)")
 
 
 @app.command()

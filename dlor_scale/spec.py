@@ -594,10 +594,35 @@ class Study(_Model):
         Where the study runs and records (`LOCATION_FIELDS`) and its description are
         left out: resuming an interrupted study on a cluster, or against another
         tracking server, must not count as a different study.
+
+        A Parquet target's *content* is part of the computation: its sha256 (``target.sha256``
+        when pinned, else the file's, see `data_sha256`) is hashed in, so a changed file is a
+        different study, never silently mixed into an existing one.
         """
         data = self.model_dump(mode="json", exclude=set(LOCATION_FIELDS) | {"description"})
+        sha = self.data_sha256()
+        if sha is not None:
+            data["target"]["sha256"] = sha
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def data_sha256(self) -> str | None:
+        """sha256 of a Parquet target's file (its pin if set; cached by size+mtime); None
+        for synthetic targets. DataError (naming the file) if the file cannot be read."""
+        from .targets import ParquetTarget, file_sha256, parquet_path
+        if not isinstance(self.target, ParquetTarget):
+            return None
+        return self.target.sha256 or file_sha256(parquet_path(self.target, self.base_dir))
+
+    def with_data_pinned(self, sha256: str | None) -> Study:
+        """A copy whose Parquet target carries ``sha256``: workers re-parse the spec, so the
+        pin travels with it and they check they read the same bytes (and need not hash the
+        file to compute the study hash). Unchanged for synthetic targets."""
+        if sha256 is None or getattr(self.target, "kind", None) != "parquet":
+            return self
+        pinned = self.model_copy(update={"target": self.target.model_copy(update={"sha256": sha256})})
+        pinned._source, pinned._base_dir = self._source, self._base_dir
+        return pinned
 
     def resolved_output_dir(self) -> Path:
         """``output_dir``, else env ``DLOR_OUTPUT_DIR``, else ``runs``; relative to the cwd."""

@@ -492,7 +492,7 @@ def data_summary(ds: Dataset) -> dict:
            "n_train": int(ds.x_train.shape[0]), "n_val": int(ds.x_val.shape[0]),
            "n_test": int(ds.x_test.shape[0]), "d_in": ds.d_in, "d_out": ds.d_out}
     if kind == "parquet":
-        out.update(source=m["source"], sha256=m["sha256"], n_rows=m["n_rows"])
+        out.update(source=str(Path(m["source"]).resolve()), sha256=m["sha256"], n_rows=m["n_rows"])
     out["scale"] = _scale_of(m, ds.d_in, ds.d_out)
     return out
 
@@ -548,26 +548,3 @@ def check_study_data(study) -> dict:
                         "lower batch_size or use null for full batch")
     return summary
 
-
-def error_factor(scale: dict | None, metric: str) -> float:
-    """Factor taking a recorded (standardized) error to the target's own units.
-
-    rmse / max_abs scale with y_std, mse with y_std². Defined only when every target column
-    has the same std (the recorded error averages over columns), and never for ``rel_l2``
-    (a ratio whose denominator changes with the mean): both raise `DlorError`.
-    """
-    from dlor_scale.errors import DlorError
-
-    if not scale or not scale.get("standardized"):
-        return 1.0
-    stds = [float(s) for s in scale["y_std"]]
-    if metric == "rel_l2":
-        raise DlorError("--units target: metric rel_l2 is a ratio to the centred target's norm; "
-                        "it has no target-units counterpart (use metric rmse, mse or max_abs)")
-    if max(stds) - min(stds) > 1e-12 * max(stds):
-        raise DlorError(f"--units target: the error averages {len(stds)} target columns "
-                        f"{scale.get('targets')} with different stds {stds}; it has no single unit. "
-                        "Use one target column per study to report in target units")
-    if metric not in ("rmse", "mse", "max_abs"):
-        raise DlorError(f"--units target: unknown metric {metric!r}")
-    return stds[0] ** 2 if metric == "mse" else stds[0]

@@ -29,6 +29,7 @@ from pathlib import Path
 from .errors import DlorError, SpecError
 from .plan import Plan, make_plan
 from .tracking import Tracker, code_version
+from .units import check_same_data, scale_params
 from .worker import UnitFiles, unit_dict
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     marker = study_dir / "study.json"
     if marker.exists():
         old = json.loads(marker.read_text())
+        check_same_data(old, ctx.get("data"), study.name, study_dir)
         if old.get("spec_hash") != ctx["spec_hash"]:
             raise SpecError(
                 f"{ctx['source']}: study {study.name!r} already exists in {study_dir} with a different "
@@ -137,7 +139,7 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     study_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
                                   "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
-                                  "spec": ctx["spec"]}, indent=1))
+                                  "spec": ctx["spec"], "data": ctx.get("data")}, indent=1))
     # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
     art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
     tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
@@ -147,7 +149,7 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     existing = tracker.find_run(study.name)
     if not existing.data.params:
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ctx["spec"].items()}
-        tracker.log_batch(parent, params=flat)
+        tracker.log_batch(parent, params={**flat, **scale_params(ctx.get("data"))})
     ctx["study_run"] = parent
     ost = storage(ctx["optuna_storage"])
     for cell in plan.cells:
@@ -229,9 +231,16 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     from .search import storage
 
     plan = make_plan(study)
+    # The data first: a deterministic data error is a DataError (exit 2) here, before any
+    # folder, store or Ray exists, and is never retried by Tune. The file's sha256 is
+    # pinned into the spec, so workers check they read the very bytes checked here.
+    from .targets import check_study_data
+    data = check_study_data(study)
+    study = study.with_data_pinned(data.get("sha256"))
     address = address or study.ray_address or os.environ.get("RAY_ADDRESS") or None
     threads = max(1, int(study.resources.cpu))
     ctx = build_context(study, plan, source, threads=threads)
+    ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())  # the file checked above
     tracker = prepare_stores(study, plan, ctx, resume=True)
     study_dir = Path(ctx["study_dir"])
     units = search_units(study, plan)
