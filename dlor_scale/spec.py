@@ -134,6 +134,7 @@ def _int_or_auto(ge: int):
 
 
 PosIntOrAuto = _int_or_auto(1)
+NonNegIntOrAuto = _int_or_auto(0)
 
 
 def _check_name(v: str) -> str:
@@ -358,11 +359,19 @@ class _SamplerBase(_Model):
 
 
 class TPESamplerSpec(_SamplerBase):
-    """Tree-structured Parzen estimator; random for the first ``n_startup_trials``."""
+    """Tree-structured Parzen estimator, random until ``n_startup_trials`` are told.
+
+    In a cohort the first wave is always random (TPE counts only told trials, and none
+    is told before the first rung), so the first wave *is* the startup; ``auto`` starts
+    the model once half a wave (at most 10) is told, so refills learn from the first
+    rung. ``constant_liar``: asks made while trials run treat them as bad results, so
+    one wave's parallel asks spread out instead of repeating one guess.
+    """
 
     kind: Literal["tpe"] = "tpe"
-    n_startup_trials: NonNegInt = 10
+    n_startup_trials: NonNegIntOrAuto = "auto"
     multivariate: bool = True
+    constant_liar: bool = True
 
 
 class RandomSamplerSpec(_SamplerBase):
@@ -389,8 +398,12 @@ SamplerSpec = Annotated[
 
 # Pruner field names equal Optuna's constructor arguments: the searcher passes
 # ``model_dump(exclude={"kind"})`` straight through, so never add other fields.
-# A step is an epoch: members report their validation error to Optuna at step = epoch
+# A step is an epoch: members report their best validation error so far at step = epoch
 # (every ``report_every`` epochs), so warm-up and resources are counted in epochs.
+# Median, percentile, successive halving and hyperband run *in lockstep*
+# (`search.PeerPruner`): a member is judged against every trial of its cell at the same
+# step — running members of its cohort included — not only against completed trials,
+# which a cohort whose members all report together never has.
 
 
 class _StepwisePruner(_Model):
@@ -401,7 +414,9 @@ class _StepwisePruner(_Model):
 
 
 class MedianPrunerSpec(_StepwisePruner):
-    """Prune a member whose curve is worse than the median of its cell at the same step."""
+    """Prune a member whose best val so far is worse than the median of its cell's trials
+    at the same step (running peers included; ``n_startup_trials`` / ``n_min_trials``
+    count the *other* trials with a value at that step)."""
 
     kind: Literal["median"] = "median"
 
@@ -414,16 +429,21 @@ class PercentilePrunerSpec(_StepwisePruner):
 
 
 class SuccessiveHalvingPrunerSpec(_Model):
-    """Asynchronous successive halving: keep the top 1/reduction_factor at each rung."""
+    """Successive halving in lockstep: at rungs ``min_resource·ηᵏ`` epochs (moved up to a
+    report step, below the last epoch) keep the top 1/η (``reduction_factor``) of every
+    trial of the cell that reached the rung. A cohort's first wave is a synchronous
+    bracket; refills are judged against the rung's history (ASHA). ``auto``: first rung
+    at epochs/η², i.e. two rungs."""
 
     kind: Literal["successive_halving"] = "successive_halving"
     min_resource: PosIntOrAuto = "auto"
-    reduction_factor: Annotated[Int, Field(ge=2)] = 4
+    reduction_factor: Annotated[Int, Field(ge=2)] = 3
     min_early_stopping_rate: NonNegInt = 0
 
 
 class HyperbandPrunerSpec(_Model):
-    """Several successive-halving brackets, hedging how early curves can be judged."""
+    """Several lockstep successive-halving brackets (trials dealt round-robin, the last
+    bracket never prunes), hedging how early curves can be judged."""
 
     kind: Literal["hyperband"] = "hyperband"
     min_resource: PosInt = 1
@@ -501,9 +521,11 @@ class Study(_Model):
     families: Annotated[dict[Label, FamilySpec], Field(min_length=1)]
     search_space: dict[HParam, SearchParam]
     sampler: SamplerSpec = TPESamplerSpec()
-    pruner: PrunerSpec = MedianPrunerSpec()
+    pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
     trials_per_cell: PosInt = Field(16, description="members (Optuna trials) per (family, budget) cell")
-    cohort_size: PosIntOrAuto = Field(16, description="members trained side by side in one Ray trial")
+    cohort_size: PosIntOrAuto = Field(8, description="members trained side by side in one Ray trial; below "
+                                      "trials_per_cell, so slots freed by pruning are refilled by asks that "
+                                      "see told results")
     epochs: PosInt = 200
     batch_size: PosInt | None = Field(None, description="minibatch size; null = full batch")
     report_every: PosInt = Field(10, description="epochs between validation reports (pruning checks)")
@@ -840,6 +862,64 @@ def _budget_index(raw: Any, value: int) -> int | None:
     return None
 
 
+def search_problems(s: Study) -> list[Problem]:
+    """Sampler / pruner / slots combinations that can never prune or never learn.
+
+    Warnings, not errors (an unpruned or random search can be deliberate); a study with
+    ``strict: true`` refuses them. Each names the fields and the fix. The counts follow
+    the planner: a cell's trials are split over its shapes, and each shape is one cohort
+    whose first ``slots`` asks form one wave before anything is told.
+    """
+    from .search import make_pruner, pruner_steps
+    out: list[Problem] = []
+
+    def warn(path, what):
+        out.append(Problem(path, what))
+
+    n = s.trials_per_cell
+    quota = -(-n // max(1, min(s.shapes_per_cell, n)))            # trials of the largest cohort
+    slots = max(1, min(64 if s.cohort_size == "auto" else s.cohort_size, quota))  # plan.cohort_slots
+    pr, sa = s.pruner, s.sampler
+    if pr.kind in ("median", "percentile"):
+        need = max(pr.n_startup_trials, pr.n_min_trials)
+        if need > n - 1:
+            field = "n_startup_trials" if pr.n_startup_trials >= pr.n_min_trials else "n_min_trials"
+            warn(f"pruner.{field}", f"the pruner waits for {need} other trials at a step, but a cell has "
+                 f"only {n} trials (trials_per_cell), so nothing is ever pruned; "
+                 f"fix: pruner.{field} ≤ {max(1, n // 2)}")
+    if pr.kind in ("median", "percentile", "successive_halving", "hyperband"):
+        try:
+            steps = pruner_steps(make_pruner(pr, epochs=s.epochs, report_every=s.report_every))
+        except (ValueError, ZeroDivisionError):
+            steps = None
+        if steps == []:
+            where = "n_warmup_steps" if pr.kind in ("median", "percentile") else "min_resource"
+            warn(f"pruner.{where}", f"no report step (every report_every={s.report_every} epochs) lies between "
+                 f"it and the last epoch ({s.epochs}), where nobody is pruned, so nothing is ever pruned; "
+                 f"fix: lower pruner.{where}" + (" (or auto)" if where == "min_resource" else ""))
+    if pr.kind == "wilcoxon" and quota <= slots:
+        warn("pruner.kind", f"wilcoxon compares against the best completed trial, and a cohort of {slots} slots "
+             f"with {quota} trials completes none before its last epoch, so nothing is ever pruned; "
+             "fix: pruner.kind successive_halving or median")
+    if sa.kind in ("tpe", "cmaes"):
+        if quota <= slots:
+            warn("trials_per_cell", f"all {quota} trials of a cohort are asked in one wave (cohort_size gives "
+                 f"{slots} slots), before any result is told, so sampler {sa.kind} never learns (it is "
+                 f"random search); fix: trials_per_cell > cohort_size (e.g. cohort_size: "
+                 f"{max(1, quota // 2)}, so freed slots are refilled by asks that see told results), "
+                 "or sampler.kind: random / qmc")
+        elif sa.kind == "tpe" and sa.n_startup_trials != "auto" and sa.n_startup_trials > quota - slots:
+            warn("sampler.n_startup_trials", f"{sa.n_startup_trials} exceeds the {quota - slots} trials a cohort "
+                 f"asks after its first wave, so TPE may never leave its random startup; "
+                 "fix: sampler.n_startup_trials: auto")
+    return out
+
+
+def search_warnings(s: Study) -> list[str]:
+    """`search_problems` as one line each (``<yaml path>: <what and fix>``) for plans."""
+    return [f"{p.path}: {p.what}" for p in search_problems(s)]
+
+
 def _cross_check(s: Study, raw: dict) -> list[Problem]:
     """Rules spanning several fields, then budget feasibility of every cell."""
     probs: list[Problem] = []
@@ -857,6 +937,9 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
         v = getattr(pr, key, "auto")
         if v != "auto" and v > s.epochs:
             bad(f"pruner.{key}", f"must be ≤ epochs ({s.epochs}); pruner steps are epochs", v)
+    if getattr(s, "strict", False):  # what validate and the plan would only warn about
+        for p in search_problems(s):
+            bad(p.path, f"strict: {p.what}", has_got=False)
     if s.sampler.kind == "cmaes" and importlib.util.find_spec("cmaes") is None:
         bad("sampler.kind", "cmaes needs the 'cmaes' package (pip install cmaes)", "cmaes")
     if s.device == "cuda" and s.resources.gpu == 0:

@@ -340,3 +340,59 @@ def test_real_cohort_prunes_planted_bad_half_at_first_rung(one_torch_thread):
     assert sum(t.state == TrialState.PRUNED and t.last_step == 10 for n, t in trials.items() if n < 8) == 4
     assert all(trials[n].user_attrs.get("refill") for n in range(8, 12))
     assert src.counts["pruned"] >= 4 and src.counts["refilled"] == 4
+
+
+# ----------------------------------------------------------------------------- guard rails
+
+
+def _spec(**over):
+    base = {
+        "name": "g", "target": {"kind": "teacher", "d_in": 2, "widths": [4], "n_train": 64, "n_val": 32,
+                                 "n_test": 32, "seed": 0},
+        "budgets": [100], "tolerance": 0.2, "families": {"dense": {"width": {"min": 2, "max": 32}, "depth": 1}},
+        "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+        "trials_per_cell": 16, "cohort_size": 8, "epochs": 100, "report_every": 10,
+    }
+    return {**base, **over}
+
+
+def _paths(**over):
+    from dlor_scale.spec import parse_study, search_problems
+    return [p.path for p in search_problems(parse_study(_spec(**over)))]
+
+
+def test_defaults_have_no_search_warnings():
+    from dlor_scale.spec import parse_study, search_warnings
+    raw = _spec()
+    for k in ("trials_per_cell", "cohort_size"):
+        raw.pop(k)
+    assert search_warnings(parse_study(raw)) == []
+    assert _paths() == []
+
+
+@pytest.mark.parametrize("over, path", [
+    ({"pruner": {"kind": "median", "n_startup_trials": 16}}, "pruner.n_startup_trials"),
+    ({"pruner": {"kind": "percentile", "percentile": 25, "n_min_trials": 20}}, "pruner.n_min_trials"),
+    ({"pruner": {"kind": "median", "n_warmup_steps": 95}}, "pruner.n_warmup_steps"),
+    ({"pruner": {"kind": "successive_halving", "min_resource": 100}}, "pruner.min_resource"),
+    ({"cohort_size": 16}, "trials_per_cell"),
+    ({"cohort_size": "auto"}, "trials_per_cell"),
+    ({"sampler": {"kind": "tpe", "n_startup_trials": 12}}, "sampler.n_startup_trials"),
+    ({"pruner": {"kind": "wilcoxon"}, "cohort_size": 16, "sampler": {"kind": "random"}}, "pruner.kind"),
+])
+def test_search_that_cannot_prune_or_learn_is_warned(over, path):
+    assert _paths(**over) == [path]
+
+
+def test_warnings_name_the_fix_and_strict_refuses():
+    from dlor_scale.errors import SpecError
+    from dlor_scale.spec import parse_study, search_warnings
+    [line] = search_warnings(parse_study(_spec(pruner={"kind": "median", "n_startup_trials": 16})))
+    assert line.startswith("pruner.n_startup_trials: ")
+    assert "16 trials (trials_per_cell)" in line and "fix: pruner.n_startup_trials ≤ 8" in line
+    # random search in one wave is deliberate: no learning warning
+    assert _paths(cohort_size=16, sampler={"kind": "random"}) == []
+    if "strict" not in __import__("dlor_scale.spec", fromlist=["Study"]).Study.model_fields:
+        pytest.skip("the study has no strict field yet")
+    with pytest.raises(SpecError, match=r"trials_per_cell: strict: all 16 trials"):
+        parse_study(_spec(cohort_size=16, strict=True))
