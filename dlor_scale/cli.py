@@ -148,26 +148,28 @@ def _study_info(study: str) -> dict:
 
 @app.command()
 def status(study: str = typer.Argument(..., help="study name, folder, or spec file")):
-    """Per-cell progress of a study: Optuna trial states and finished units."""
+    """Per-cell search progress (asked, running, completed, pruned and at which epochs,
+    refilled, failed; from the cell's Optuna study) and finished / live units."""
     try:
         import optuna
+        from optuna.trial import TrialState
 
-        from .search import storage
+        from .search import cell_counts, format_pruned_at, storage
         info = _study_info(study)
         ost = storage(info["optuna_storage"])
         t = Table(title=f"study {info['name']}")
-        for c in ("cell", "trials", "complete", "pruned", "fail", "running", "best val"):
-            t.add_column(c, justify="left" if c == "cell" else "right")
+        for c in ("cell", "asked", "running", "completed", "pruned", "pruned at (n@epoch)", "refilled",
+                  "failed", "best val"):
+            t.add_column(c, justify="left" if c in ("cell", "pruned at (n@epoch)") else "right")
         for s in optuna.get_all_study_summaries(ost):
             if not s.study_name.startswith(info["name"] + "/"):
                 continue
             trials = optuna.load_study(study_name=s.study_name, storage=ost).get_trials(deepcopy=False)
-            by = {}
-            for tr in trials:
-                by[tr.state.name] = by.get(tr.state.name, 0) + 1
-            best = min((tr.value for tr in trials if tr.value is not None), default=None)
-            t.add_row(s.study_name.split("/", 1)[1], str(len(trials)), str(by.get("COMPLETE", 0)),
-                      str(by.get("PRUNED", 0)), str(by.get("FAIL", 0)), str(by.get("RUNNING", 0)),
+            c = cell_counts(trials)
+            best = min((tr.value for tr in trials if tr.state == TrialState.COMPLETE and tr.value is not None),
+                       default=None)
+            t.add_row(s.study_name.split("/", 1)[1], *(str(c[k]) for k in ("asked", "running", "completed", "pruned")),
+                      format_pruned_at(c["pruned_at"]), str(c["refilled"]), str(c["failed"]),
                       "—" if best is None else f"{best:.4g}")
         out.print(t)
         done = len(list((Path(info["study_dir"]) / "units").glob("*.done.json")))

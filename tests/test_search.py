@@ -396,3 +396,38 @@ def test_warnings_name_the_fix_and_strict_refuses():
         pytest.skip("the study has no strict field yet")
     with pytest.raises(SpecError, match=r"trials_per_cell: strict: all 16 trials"):
         parse_study(_spec(cohort_size=16, strict=True))
+
+
+# ----------------------------------------------------------------------------- status + MLflow counts
+
+
+def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dlor_scale.cli import app
+    from dlor_scale.search import storage
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    (tmp_path / "study.json").write_text(json.dumps({"name": "st", "optuna_storage": url,
+                                                     "tracking_uri": "sqlite:///x.db"}))
+    pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=60, report_every=10)
+    study = optuna.create_study(study_name="st/dense@100", storage=storage(url), direction="minimize",
+                                pruner=pr, sampler=optuna.samplers.RandomSampler(seed=0))
+    for p in planted():
+        study.enqueue_trial(p)
+    src = source_for(study, quota=12, final_epoch=60)
+    run_lockstep(src, slots=8, epochs=60, report_every=10)
+    study.ask()                                     # one trial still running
+    c = cell_counts(study.get_trials())
+    assert c == {"asked": 13, "running": 1, "completed": c["completed"], "pruned": c["pruned"], "failed": 0,
+                 "refilled": 4, "pruned_at": c["pruned_at"]}
+    assert c["pruned_at"][10] == 4 + 2 and c["completed"] + c["pruned"] == 12
+    r = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if "dense@100" in line)
+    cells = [x.strip() for x in row.strip("│ ").split("│")]
+    assert cells[:4] == ["dense@100", "13", "1", str(c["completed"])]
+    assert cells[4] == str(c["pruned"]) and cells[5].startswith("6@10") and cells[6] == "4"
+    assert search.count_metrics(c)["search.pruned_at_10"] == 6.0
