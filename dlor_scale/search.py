@@ -451,6 +451,12 @@ class OptunaSource:
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
 
+    def unit_counts(self) -> dict:
+        """Trials this unit asked and refilled over *all* its attempts (read from storage,
+        so a resumed unit is counted once, not once per attempt)."""
+        mine = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("unit") == self.unit]
+        return {"asked": len(mine), "refilled": sum(bool(t.user_attrs.get("refill")) for t in mine)}
+
     def next_member(self) -> MemberSpec | None:
         if self.requeue:
             frozen = self.requeue.pop(0)

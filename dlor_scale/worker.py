@@ -247,7 +247,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     finally:
         left = recorder.close()
     if unit["phase"] == "search":
-        progress.update(asked=source.counts["asked"], refilled=source.counts["refilled"])
+        progress.update(source.unit_counts())
         _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "parked": left, "node": node,
            "resumed": resume is not None,

@@ -278,6 +278,7 @@ def test_resumed_unit_neither_reasks_nor_double_counts():
     assert len(study.get_trials()) == 12
     assert all(t.state.is_finished() for t in study.get_trials())
     assert src2.counts["asked"] == 0
+    assert src2.unit_counts() == {"asked": 12, "refilled": 4}   # counted once over both attempts
 
 
 def test_replayed_pruned_member_is_pruned_again_at_the_same_step():
@@ -431,3 +432,45 @@ def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path)
     assert cells[:4] == ["dense@100", "13", "1", str(c["completed"])]
     assert cells[4] == str(c["pruned"]) and cells[5].startswith("6@10") and cells[6] == "4"
     assert search.count_metrics(c)["search.pruned_at_10"] == 6.0
+
+
+@pytest.mark.slow
+def test_study_refills_get_their_own_runs_and_the_cell_run_carries_the_counts(tmp_path):
+    """End to end (Ray, MLflow, journal Optuna): a cell whose trials exceed its slots is
+    pruned in lockstep and refilled; every refilled member is its own Optuna trial with
+    its own MLflow run, and the cell run carries the same counts as `cell_counts`."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from studycheck import check_records
+    from test_study_e2e import TINY
+
+    from dlor_scale.plan import make_plan
+    from dlor_scale.search import storage
+    from dlor_scale.spec import load_study
+    from dlor_scale.tune import launch
+
+    spec = {**TINY, "name": "refill", "output_dir": str(tmp_path / "runs"), "trials_per_cell": 8, "cohort_size": 4,
+            "sampler": {"kind": "tpe", "seed": 0},
+            "pruner": {"kind": "successive_halving", "min_resource": 10, "reduction_factor": 2},
+            "confirm": {"top_k": 1, "seeds": 1}}
+    path = tmp_path / "refill.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study = load_study(path)
+    result = launch(study, str(path), cpus=2)
+    runs = check_records(study, result)
+    members = {(r.data.tags["dlor.cell"], int(r.data.tags["optuna.trial"])): r for r in runs
+               if r.data.tags.get("kind") == "member" and r.data.tags["dlor.phase"] == "search"}
+    cells = {r.data.tags["dlor.cell"]: r for r in runs if r.data.tags.get("kind") == "cell"}
+    client = MlflowClient(result.tracking_uri)
+    for cell in make_plan(study).cells:
+        trials = optuna.load_study(study_name=cell.optuna_study_name(study.name),
+                                   storage=storage(result.optuna_storage)).get_trials()
+        refills = [t for t in trials if t.user_attrs.get("refill")]
+        assert len(refills) == 4, cell.key                  # 8 trials through 4 slots
+        for t in refills:
+            assert (cell.key, t.number) in members           # its own MLflow run
+        c = cell_counts(trials)
+        metrics = client.get_run(cells[cell.key].info.run_id).data.metrics
+        for k, v in search.count_metrics(c).items():
+            assert metrics[k] == v, (cell.key, k)
+        assert c["pruned"] > 0 and c["pruned_at"]
