@@ -49,6 +49,11 @@ Training to capacity (why each is here: an optimisation floor is not a capacity 
 * **Early stopping.** With ``patience`` (in reports), a member whose best val has not
   improved by ``min_delta`` (relative) for that many reports finishes ``completed``
   with ``stopped_early=True`` and frees its slot.
+* **Quasi-Newton finish.** With ``finish_iterations`` > 0, members that complete (or stop
+  early) are finished together by batched L-BFGS in float64 on the full training set
+  (`dlor_scale.lbfgs`), starting from their best-val weights; val is checked every
+  ``finish_report_every`` iterations and the best weights kept. Their curves continue at
+  steps ``epochs + i`` (i = L-BFGS iteration). Pruned/diverged members are not finished.
 * **Diagnostics.** ``baseline_val`` is the mean predictor's val error (a member near it
   did not train); ``undertrained`` marks a member that ran all its epochs and was still
   improving by more than ``UNDERTRAINED_REL`` over its last quarter.
@@ -70,6 +75,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from . import lbfgs
 from .models import Shape, _diag_full, activation_fn, forward, init_member
 
 EPS = 1e-8
@@ -466,6 +472,7 @@ class _Member:
     best_val: float = math.nan
     best_epoch: int = 0
     stale_reports: int = 0      # reports since best_val last improved by min_delta
+    finish_active: bool = False  # L-BFGS finish had not converged when it ended
     threshold_epoch: int | None = None
     elapsed: float = 0.0        # wall seconds in flight before `mark`
     mark: float = 0.0           # perf_counter when elapsed was last folded in
@@ -512,7 +519,7 @@ class Cohort:
                  threshold: float | None = None, device="cpu", compile: bool | str = "auto",
                  precision: str = "fp32", chunk: int | None = None, keep_params: bool = False,
                  schedule: str = "constant", lr_floor: float = 0.01, patience: int | None = None,
-                 min_delta: float = 1e-3):
+                 min_delta: float = 1e-3, finish_iterations: int = 0, finish_history: int = 20):
         if slots < 1 or epochs < 1 or report_every < 1:
             raise ValueError("slots, epochs and report_every must be ≥ 1")
         if metric not in METRICS:
@@ -534,6 +541,8 @@ class Cohort:
         self.metric, self.threshold, self.keep_params = metric, threshold, keep_params
         self.schedule, self.lr_floor = schedule, float(lr_floor)
         self.patience, self.min_delta = patience, float(min_delta)
+        self.finish_iterations, self.finish_history = int(finish_iterations), int(finish_history)
+        self.finish_report_every = max(1, self.finish_iterations // 20)
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.layout = FlatLayout(shape)
@@ -814,6 +823,9 @@ class Cohort:
                 finishing[slot] = "completed"
             elif self.patience is not None and mem.stale_reports >= self.patience:
                 finishing[slot] = "stopped"
+        finished_ok = [sl for sl, st in finishing.items() if st in ("completed", "stopped")]
+        if finished_ok and self.finish_iterations > 0:
+            self._quasi_newton_finish(finished_ok)
         if finishing:
             test = self._metrics("test", self.best).tolist()
             now = time.perf_counter()
@@ -822,6 +834,50 @@ class Cohort:
         self._refill()
         self._compact()
         self.stats["report_rounds"] += 1
+
+    def _quasi_newton_finish(self, slots: list[int]):
+        """Batched float64 L-BFGS from the members' best-val weights (see module doc)."""
+        t0 = time.perf_counter()
+        idx = torch.tensor(slots, device=self.device)
+        d = self.data
+        xt, yt = d.x_train.double(), d.y_train.double()
+        xv, yv = d.x_val.double(), d.y_val.double()
+        y_norm = float(torch.linalg.vector_norm(yv))
+
+        def train_mse(q):
+            return (forward(self.shape, self.layout.views(q), xt) - yt).square().mean(dim=(1, 2))
+
+        def val_error(q) -> list[float]:
+            with torch.no_grad():
+                diff = forward(self.shape, self.layout.views(q), xv) - yv
+            return _error_of(diff, self.metric, y_norm).tolist()
+
+        mems = [self.members[s] for s in slots]
+        best_x = self.best[idx].double()
+        best_v = [m.best_val for m in mems]
+        base = [m.epoch for m in mems]
+        every, last = self.finish_report_every, self.finish_iterations
+
+        def on_iteration(it, x, f):
+            if it % every and it != last:
+                return
+            vals, fs = val_error(x), f.tolist()
+            for j, mem in enumerate(mems):
+                mem.train_loss.append((base[j] + it, fs[j]))
+                mem.val_error.append((base[j] + it, vals[j]))
+                if math.isfinite(vals[j]) and not vals[j] >= best_v[j]:
+                    best_v[j] = vals[j]
+                    best_x[j] = x[j]
+                    mem.best_val, mem.best_epoch = vals[j], base[j] + it
+
+        x, _, active = lbfgs.minimize(train_mse, best_x.clone(), iterations=last,
+                                      history=self.finish_history, on_iteration=on_iteration)
+        if last % every:   # make sure the final point was looked at
+            on_iteration(last, x, train_mse(x).detach())
+        self.best[idx] = best_x.to(self.best.dtype)
+        for j, mem in enumerate(mems):
+            mem.finish_active = bool(active[j])
+        self.stats["finish_s"] = self.stats.get("finish_s", 0.0) + time.perf_counter() - t0
 
     def _ask_prune(self, reports: list[tuple[int, Report]]) -> list[int]:
         """Slots the source prunes: the whole round at once when it can judge peers."""
@@ -834,6 +890,15 @@ class Cohort:
         return [slot for slot, r in reports
                 if self._source.on_report(r.key, r.epoch, r.train_loss, r.val_error)]
 
+    def _undertrained(self, mem: _Member, state: str) -> bool:
+        """Still improving when training ended: over the last quarter of its epochs (Adam
+        only), or — after a quasi-Newton finish — L-BFGS had not converged and its own
+        last quarter still improved."""
+        if self.finish_iterations > 0 and state in ("completed", "stopped"):
+            tail = [(e - mem.epoch, v) for e, v in mem.val_error if e > mem.epoch]
+            return mem.finish_active and still_improving(tail)
+        return state == "completed" and still_improving(mem.val_error)
+
     def _finish(self, slot: int, state: str, test_error: float, now: float):
         """``state`` 'stopped' (early stopping) is recorded as completed + stopped_early."""
         mem = self.members[slot]
@@ -845,7 +910,7 @@ class Cohort:
             wall_time_s=mem.wall(now), spec=mem.spec,
             params=self.layout.unpack(self.best[slot]) if self.keep_params else None,
             best_epoch=mem.best_epoch, stopped_early=stopped,
-            undertrained=state == "completed" and still_improving(mem.val_error),
+            undertrained=self._undertrained(mem, state),
             baseline_val=self.baseline_val)
         self._free(slot)
         self._source.on_finish(res)
@@ -891,7 +956,8 @@ class Cohort:
                 "batch_size": self.batch, "full_batch": self.full_batch,
                 "metric": self.metric, "threshold": self.threshold,
                 "schedule": self.schedule, "lr_floor": self.lr_floor,
-                "patience": self.patience, "min_delta": self.min_delta}
+                "patience": self.patience, "min_delta": self.min_delta,
+                "finish_iterations": self.finish_iterations, "finish_history": self.finish_history}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (taken at a report boundary)."""
@@ -940,6 +1006,14 @@ def still_improving(val_error: list[tuple[int, float]], rel: float = UNDERTRAINE
     if not before or not after:
         return False
     return min(after) < min(before) * (1.0 - rel)
+
+
+def _error_of(diff: torch.Tensor, metric: str, y_norm: float) -> torch.Tensor:
+    """Per-member error ``[K]`` of residuals ``[K, N, d_out]`` (as `Cohort._metrics`)."""
+    sq = diff.double().square().sum(dim=(1, 2))
+    mse = sq / (diff.shape[1] * diff.shape[2])
+    return {"mse": mse, "rmse": mse.sqrt(), "max_abs": diff.abs().amax(dim=(1, 2)).double(),
+            "rel_l2": sq.sqrt() / y_norm}[metric]
 
 
 @torch.no_grad()

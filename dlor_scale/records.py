@@ -6,8 +6,10 @@ is the lingua franca (Parquet, pandas, DuckDB, Polars).
 
 Columns: run_id, study, cell, family (the study's family label), model_family,
 budget, n_params_total, phase ('search'|'confirm'), state, optuna_trial, seed,
-test_error, best_val, epochs_to_threshold (NaN if never), epochs_trained,
-wall_time_s, confirm_of (null unless a confirmation run), width, depth, rank,
+test_error (at the best-val weights), best_val, epochs_to_threshold (NaN if never),
+epochs_trained, wall_time_s, best_epoch, stopped_early (1/0), undertrained (1/0: still
+improving at its last epoch), baseline_val (mean predictor's val error), lr_edge
+('low'/'high'/'': lr at the edge of its search range), confirm_of (null unless a confirmation run), width, depth, rank,
 branches, diag, activation, and param_<name> for every hyperparameter.
 """
 
@@ -42,6 +44,9 @@ def member_runs(tracker: Tracker) -> pa.Table:
             "test_error": _FLOAT(m.get("test_error")), "best_val": _FLOAT(m.get("best_val")),
             "epochs_to_threshold": _FLOAT(m.get("epochs_to_threshold")),
             "epochs_trained": _FLOAT(m.get("epochs_trained")), "wall_time_s": _FLOAT(m.get("wall_time_s")),
+            "best_epoch": _FLOAT(m.get("best_epoch")), "stopped_early": _FLOAT(m.get("stopped_early")),
+            "undertrained": _FLOAT(m.get("undertrained")), "baseline_val": _FLOAT(m.get("baseline_val")),
+            "lr_edge": t.get("dlor.lr_edge", ""),
             "confirm_of": _INT(t.get("dlor.confirm_of")),
             "width": _INT(p.get("width")), "depth": _INT(p.get("depth")), "rank": _INT(p.get("rank")),
             "branches": _INT(p.get("branches")), "diag": p.get("diag"), "activation": p.get("activation"),
@@ -57,7 +62,9 @@ def member_runs(tracker: Tracker) -> pa.Table:
         ("model_family", pa.string()), ("budget", pa.int64()), ("n_params_total", pa.int64()),
         ("phase", pa.string()), ("state", pa.string()), ("optuna_trial", pa.int64()), ("seed", pa.int64()),
         ("test_error", pa.float64()), ("best_val", pa.float64()), ("epochs_to_threshold", pa.float64()),
-        ("epochs_trained", pa.float64()), ("wall_time_s", pa.float64()), ("confirm_of", pa.int64()),
+        ("epochs_trained", pa.float64()), ("wall_time_s", pa.float64()),
+        ("best_epoch", pa.float64()), ("stopped_early", pa.float64()), ("undertrained", pa.float64()),
+        ("baseline_val", pa.float64()), ("lr_edge", pa.string()), ("confirm_of", pa.int64()),
         ("width", pa.int64()), ("depth", pa.int64()), ("rank", pa.int64()), ("branches", pa.int64()),
         ("diag", pa.string()), ("activation", pa.string()),
         *[(f"param_{k}", pa.float64()) for k in HP_PARAMS],

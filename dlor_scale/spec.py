@@ -239,6 +239,9 @@ class FamilySpec(_Model):
     branches: Axis = 1
     diag: Annotated[str, Strict(), AfterValidator(_check_diag)] = "scalar"
     io: Literal[IO_KINDS] = "auto"  # type: ignore[valid-type]
+    max_depth: Union[NonNegInt, Literal["auto"], None] = Field(
+        "auto", description="deepest hidden stack the planner may use; auto → the measured "
+        "default for DLoR families (budget.DEFAULT_MAX_DEPTH), none for others; null → no cap")
 
     @field_validator("width", "rank", "branches")
     @classmethod
@@ -253,6 +256,16 @@ class FamilySpec(_Model):
         if _axis_min(v) < 0:
             raise _fail(f"values must be ≥ 0 (smallest is {_axis_min(v)})")
         return v
+
+    def resolved_max_depth(self) -> int | None:
+        """The depth cap in force: ``auto`` resolves per family (`budget.default_max_depth`)."""
+        if self.max_depth == "auto":
+            return budget_solver.default_max_depth(self.family)
+        return self.max_depth
+
+    def rules(self) -> budget_solver.ShapeRules:
+        """Trainability rules the planner keeps for this family (see `budget.ShapeRules`)."""
+        return budget_solver.ShapeRules(max_depth=self.resolved_max_depth())
 
     def grid(self) -> dict:
         """The structural keyword arguments of `budget.solve` for this family."""
@@ -486,6 +499,14 @@ class Confirm(_Model):
     seeds: PosInt = 3
 
 
+class EarlyStopping(_Model):
+    """Stop a member whose best val has not improved by ``min_delta`` (relative) for
+    ``patience`` reports: it has plateaued, and its slot can train someone else."""
+
+    patience: PosInt = Field(10, description="reports without improvement before a member stops")
+    min_delta: Annotated[Float, Field(ge=0, lt=1)] = Field(1e-3, description="relative improvement that counts")
+
+
 class Resources(_Model):
     """Ray resources of one trial (one cohort). Fractional GPUs share a device."""
 
@@ -527,6 +548,10 @@ class Study(_Model):
                                       "trials_per_cell, so slots freed by pruning are refilled by asks that "
                                       "see told results")
     epochs: PosInt = 200
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="lr decay over each member's epochs (constant Adam plateaus at an optimiser floor)")
+    lr_floor: Annotated[Float, Field(ge=0, le=1)] = Field(0.01, description="cosine ends at lr × lr_floor")
+    early_stopping: EarlyStopping | None = Field(EarlyStopping(), description="null → every member runs all epochs")
     batch_size: PosInt | None = Field(None, description="minibatch size; null = full batch")
     report_every: PosInt = Field(10, description="epochs between validation reports (pruning checks)")
     threshold: Annotated[Float, Field(gt=0)] | None = Field(None, description="error level whose first-reach epoch is recorded")
@@ -538,6 +563,8 @@ class Study(_Model):
     compile: Literal["auto", True, False] = "auto"
     checkpoint_every: PosInt = Field(5, description="reports between cohort checkpoints")
     seed: NonNegInt = Field(0, description="base seed of member seeds")
+    strict: bool = Field(False, description="plan warnings (untrainable shapes, fixed axes "
+                         "changing between budgets) are errors instead")
     tracking_uri: str | None = Field(None, description="MLflow URI; null → $MLFLOW_TRACKING_URI, else SQLite in the study dir")
     optuna_storage: str | None = Field(None, description="Optuna storage URL; null → $DLOR_OPTUNA_STORAGE, else SQLite in the study dir")
     ray_address: str | None = Field(None, description="Ray cluster address; null → embedded local Ray")
@@ -605,7 +632,7 @@ class Study(_Model):
         return {
             "tolerance": self.tolerance, "policy": self.policy,
             "d_in": self.d_in, "d_out": self.d_out, "activation": self.activation,
-            **fam.grid(),
+            "rules": fam.rules(), **fam.grid(),
         }
 
     def spec_hash(self) -> str:
@@ -978,7 +1005,10 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
 
     for label in feasible:
         try:  # one enumeration of the family's grid for all budgets
-            budget_solver.solve_family(s.families[label].family, s.budgets, limit=1, **s.solve_kwargs(label))
+            sol = budget_solver.solve_family(s.families[label].family, s.budgets, limit=1, **s.solve_kwargs(label))
+            if s.strict:  # what the plan would only warn about
+                for line in budget_solver.plan_warnings(label, s.families[label].family, sol):
+                    bad(f"families.{label}", f"strict: {line}", has_got=False)
             continue
         except BudgetError:
             pass

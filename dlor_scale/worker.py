@@ -152,7 +152,14 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
     if "confirm_of" in spec.extra:
         tags["dlor.confirm_of"] = spec.extra["confirm_of"]
     finals = {"test_error": result.test_error, "best_val": result.best_val,
-              "wall_time_s": result.wall_time_s, "epochs_trained": result.epochs}
+              "wall_time_s": result.wall_time_s, "epochs_trained": result.epochs,
+              "best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
+              "undertrained": float(result.undertrained), "baseline_val": result.baseline_val}
+    edge = lr_edge(spec.lr, ctx["search_space"].get("lr"))
+    if edge:
+        tags["dlor.lr_edge"] = edge
+    if result.stopped_early:
+        tags["dlor.stopped_early"] = "1"
     if result.epochs_to_threshold is not None:
         finals["epochs_to_threshold"] = result.epochs_to_threshold
     return {
@@ -161,6 +168,22 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
         "curves": {"train_loss": list(result.train_loss), "val_error": list(result.val_error)},
         "finals": finals, "status": "FINISHED" if result.state in ("completed", "pruned") else "FAILED",
     }
+
+
+def lr_edge(lr: float, dist, frac: float = 0.05) -> str:
+    """'low'/'high' when ``lr`` sits in the bottom/top ``frac`` of its search range (log
+    scale if the range is), else ''. A best member there says the range cut the optimum off."""
+    import math
+    get = dist.get if isinstance(dist, dict) else (lambda k: getattr(dist, k, None))
+    if get("low") is None or get("high") is None:
+        return ""
+    lo, hi = float(get("low")), float(get("high"))
+    if get("log"):
+        lo, hi, lr = math.log(lo), math.log(hi), math.log(lr)
+    if hi <= lo:
+        return ""
+    t = (lr - lo) / (hi - lo)
+    return "low" if t <= frac else "high" if t >= 1 - frac else ""
 
 
 def run_unit(ctx: dict, unit: dict, report=None) -> dict:
@@ -235,7 +258,10 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     settings["slots"] = slots
     cohort = Cohort(shape, data, slots=slots, epochs=ctx["epochs"], report_every=ctx["report_every"],
                     batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
-                    device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"])
+                    device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"],
+                    schedule=study.schedule, lr_floor=study.lr_floor,
+                    patience=study.early_stopping.patience if study.early_stopping else None,
+                    min_delta=study.early_stopping.min_delta if study.early_stopping else 0.0)
     settings.update(getattr(cohort, "settings", {}) or {})
     node = node_id()
     beat = Heartbeat(study_dir / "heartbeats" / f"{safe(unit['id'])}.json",

@@ -405,3 +405,43 @@ def test_tanh_rational_is_tanh_to_a_few_ulp():
     xr = x.clone().requires_grad_()
     cohort_mod._Tanh.apply(xr).backward(g)
     assert torch.allclose(xr.grad, g * (1 - got.float() ** 2))
+
+
+def test_lbfgs_solves_independent_quadratics_exactly():
+    """Batched L-BFGS on K different convex quadratics: each reaches its own minimiser,
+    and a member's trajectory does not depend on who else is in the batch."""
+    from dlor_scale import lbfgs
+    g = torch.Generator().manual_seed(0)
+    k, p = 4, 12
+    a = torch.randn(k, p, p, generator=g, dtype=torch.float64)
+    h = a @ a.transpose(1, 2) + 0.5 * torch.eye(p, dtype=torch.float64)
+    b = torch.randn(k, p, generator=g, dtype=torch.float64)
+    loss = lambda x: 0.5 * torch.einsum("kp,kpq,kq->k", x, h, x) - (b * x).sum(-1)  # noqa: E731
+    x, f, _ = lbfgs.minimize(loss, torch.zeros(k, p, dtype=torch.float64), iterations=200)
+    exact = torch.linalg.solve(h, b)
+    assert torch.allclose(x, exact, atol=1e-6)
+    one = lambda x: loss(torch.cat([x, torch.zeros(k - 1, p, dtype=torch.float64)]))[:1]  # noqa: E731
+    sub = lambda x: 0.5 * torch.einsum("kp,kpq,kq->k", x, h[:1], x) - (b[:1] * x).sum(-1)  # noqa: E731
+    x1, _, _ = lbfgs.minimize(sub, torch.zeros(1, p, dtype=torch.float64), iterations=7)
+    xk, _, _ = lbfgs.minimize(loss, torch.zeros(k, p, dtype=torch.float64), iterations=7)
+    assert torch.allclose(x1[0], xk[0], atol=1e-12)
+    del one
+
+
+def test_quasi_newton_finish_lowers_error_and_scores_its_best_weights():
+    """The finish continues each completed member's curve past its epochs, only ever
+    improves its best val, and test error is read at the finish's best-val weights."""
+    shape, data = SHAPES["scalar"], make_data()
+    spec = MemberSpec("q", seed=4, lr=1e-2)
+    runs = {}
+    for iters in (0, 60):
+        src = ListSource([MemberSpec(**{**spec.__dict__})])
+        co = Cohort(shape, data, slots=2, epochs=40, report_every=10, compile=False,
+                    keep_params=True, finish_iterations=iters)
+        co.run(src)
+        runs[iters] = src.results["q"]
+    adam, fin = runs[0], runs[60]
+    assert fin.epochs == 40 and max(e for e, _ in fin.val_error) == 100
+    assert fin.best_val < 0.9 * adam.best_val and fin.best_epoch > 40
+    assert _errors(shape, fin.params, data.x_val, data.y_val) == pytest.approx(fin.best_val, rel=1e-4)
+    assert _errors(shape, fin.params, data.x_test, data.y_test) == pytest.approx(fin.test_error, rel=1e-4)
