@@ -392,3 +392,21 @@ def test_library_launch_checks_data_before_stores_and_ray(study, no_ray, case):
     with pytest.raises(DataError, match="data.parquet"):
         launch(load_study(study.spec), str(study.spec), progress=None)
     assert not (study.dir / "runs").exists()
+
+
+def test_docs_example_validates(tmp_path, monkeypatch, no_ray):
+    """docs/parquet.md's worked example: make_data.py writes the table, study.yaml validates."""
+    import runpy
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "examples" / "parquet"
+    for f in ("make_data.py", "study.yaml"):
+        shutil.copy(src / f, tmp_path / f)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLOR_OUTPUT_DIR", str(tmp_path / "runs"))
+    runpy.run_path(str(tmp_path / "make_data.py"), run_name="__main__")
+    res = cli("validate", tmp_path / "study.yaml")
+    out = " ".join(text(res).split())
+    assert res.exit_code == 0, out
+    assert "4000 rows" in out and "train 2800 / val 600 / test 600" in out and "10 features → 1 target(s)" in out, out
+    assert not (tmp_path / "runs").exists()
