@@ -14,7 +14,6 @@ so one all-diverged family never hides the others.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +21,24 @@ import numpy as np
 import pyarrow as pa
 
 from dlor_scale.errors import DataError, FitError
-from dlor_scale.fit import PARAM_NAMES, LawFit, _jsonable, compare, extrapolation_check, fit_law
+from dlor_scale.fit import (DEFAULT_REL_TOL, PARAM_NAMES, LawFit, _family_seed, _jsonable, compare,
+                            extrapolation_check, fit_law)
 
 POINT_COLUMNS = ("family", "budget", "n_params", "error", "stderr", "n_seeds", "best_trial",
-                 "source")
+                 "source", "flags")
 POINT_SCHEMA = pa.schema([
     ("family", pa.string()), ("budget", pa.int64()), ("n_params", pa.int64()),
     ("error", pa.float64()), ("stderr", pa.float64()), ("n_seeds", pa.int64()),
     ("best_trial", pa.int64()),  # null when the cell has no completed search run
     ("source", pa.string()),
+    ("flags", pa.string()),  # comma-separated cell diagnostics of the selected member; "" = clean
 ])
 RUN_COLUMNS = ("study", "cell", "family", "budget", "n_params_total", "phase", "state",
                "optuna_trial", "seed", "test_error", "best_val", "confirm_of")
+# Optional member diagnostics (absent in tables recorded before they existed: no flag then).
+DIAG_COLUMNS = ("baseline_val", "undertrained", "stopped_early", "best_epoch", "lr_edge")
+NOT_TRAINED_FRACTION = 0.9  # best val ≥ 90% of the mean predictor's: the net learned ~nothing
+POINT_FLAGS = ("undertrained", "lr_edge:low", "lr_edge:high", "not_trained")
 
 
 # --------------------------------------------------------------------------- points
@@ -58,11 +63,20 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
     * A (family, budget) with no completed search run still gets a row, with NaN error and
       a null ``best_trial``: the fit then reports the dropped budget instead of silently
       fitting around an all-diverged cell.
+    * ``flags`` (comma-separated, "" when clean) are the selected member's cell diagnostics,
+      from the optional columns ``DIAG_COLUMNS`` (missing column or null value = unknown =
+      no flag): ``undertrained`` (val error still falling at its last report: the point is
+      above the cell's capacity floor), ``lr_edge:low|high`` (its lr lies at the edge of the
+      search range: the optimum may lie outside it), ``not_trained`` (best val ≥ 0.9 ×
+      the mean predictor's val error: the net learned ~nothing). A law fitted through such
+      points measures the protocol, not the architecture; ``Curves.from_points`` excludes
+      them by default.
     """
     missing = [c for c in RUN_COLUMNS if c not in runs.column_names]
     if missing:
         raise DataError(f"runs table: missing column(s) {missing}; have {runs.column_names}")
-    df = runs.select(list(RUN_COLUMNS)).to_pandas()
+    diag = [c for c in DIAG_COLUMNS if c in runs.column_names]
+    df = runs.select(list(RUN_COLUMNS) + diag).to_pandas()
     rows: list[dict[str, Any]] = []
     for (family, budget), g in df.groupby(["family", "budget"], sort=True):
         search = g[g["phase"] == "search"]
@@ -75,7 +89,7 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
                          "n_params": int(n_params.iloc[0]) if len(n_params) else int(budget),
                          "error": math.nan, "stderr": math.nan, "n_seeds": 0,
                          "best_trial": None,
-                         "source": f"none: 0 completed search runs ({detail})"})
+                         "source": f"none: 0 completed search runs ({detail})", "flags": ""})
             continue
         best = done.sort_values(["best_val", "optuna_trial"], kind="stable").iloc[0]
         trial = int(best["optuna_trial"])
@@ -94,22 +108,45 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
             source += f" ({n_bad} of {len(conf)} confirm runs not completed, excluded)"
         rows.append({"family": family, "budget": int(budget),
                      "n_params": int(best["n_params_total"]), "error": err, "stderr": se,
-                     "n_seeds": int(n), "best_trial": trial, "source": source})
+                     "n_seeds": int(n), "best_trial": trial, "source": source,
+                     "flags": ",".join(_member_flags(best))})
     return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
+
+
+def _member_flags(row) -> list[str]:
+    """Diagnostics of one member row (pandas Series); unknown values raise no flag."""
+    def num(col):
+        v = row.get(col) if col in row.index else None
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return math.nan
+        return v
+
+    flags = []
+    if num("undertrained") == 1.0:
+        flags.append("undertrained")
+    edge = row.get("lr_edge") if "lr_edge" in row.index else None
+    if isinstance(edge, str) and edge.strip().lower() in ("low", "high"):
+        flags.append(f"lr_edge:{edge.strip().lower()}")
+    best, base = num("best_val"), num("baseline_val")
+    if math.isfinite(best) and math.isfinite(base) and base > 0 \
+            and best >= NOT_TRAINED_FRACTION * base:
+        flags.append("not_trained")
+    return flags
 
 
 # --------------------------------------------------------------------------- curves
 
 
-def _family_seed(seed: int, family: str) -> int:
-    """Per-family bootstrap seed: adding or removing a family leaves the others unchanged."""
-    ss = np.random.SeedSequence([int(seed), zlib.crc32(family.encode())])
-    return int(ss.generate_state(1)[0])
-
-
 @dataclass
 class FamilyCurve:
-    """One family's curve. ``fit`` is None when no law could be fitted (see ``flags``)."""
+    """One family's curve. ``fit`` is None when no law could be fitted (see ``flags``).
+
+    ``points`` holds every point of the family, including ``excluded`` ones: budgets left out
+    of the fit because their cell was flagged (``{"budget", "n_params", "error", "flags"}``
+    per budget), so a reader sees what the law was *not* fitted to and why.
+    """
 
     family: str
     form: str
@@ -117,6 +154,7 @@ class FamilyCurve:
     fit: LawFit | None
     extrapolation: dict[str, Any]
     flags: list[str] = field(default_factory=list)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def alpha(self) -> float:
@@ -132,8 +170,9 @@ class FamilyCurve:
 
     @property
     def ok(self) -> bool:
-        """Fitted, converged and passed the extrapolation check."""
-        return bool(self.fit and self.fit.converged and self.extrapolation.get("ok") is True)
+        """Fitted, converged, α identified and passed the extrapolation check."""
+        return bool(self.fit and self.fit.converged and self.fit.alpha_identified
+                    and self.extrapolation.get("ok") is True)
 
     def ci(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
         if self.fit is None:
@@ -164,12 +203,22 @@ class Curves:
     @classmethod
     def from_points(cls, points: pa.Table, *, form: str = "saturating", n_boot: int = 1000,
                     seed: int = 0, study: str | None = None, holdout: int | None = None,
-                    rel_tol: float | None = None, level: float = 0.95) -> "Curves":
+                    rel_tol: float | None = DEFAULT_REL_TOL, level: float = 0.95,
+                    exclude_flagged: bool = True) -> "Curves":
         """Fit every family in a points table (``POINT_COLUMNS``; extra columns ignored).
 
         The law is fitted against ``n_params`` (the realised parameter count), not the
         nominal ``budget``: structures hit a budget only within tolerance, and the law is
         about parameters actually trained.
+
+        ``exclude_flagged`` (default): points whose ``flags`` column is non-empty (an
+        undertrained, lr-at-edge or not-trained cell, see ``points_from_runs``) are left out
+        of the fit and listed in the family's ``excluded`` and ``flags``. Such a point sits
+        above the cell's capacity floor, and fitting it bends the law toward the protocol's
+        failure. With ``exclude_flagged=False`` they are fitted and the flags still say so.
+        ``rel_tol``: tolerance of the extrapolation check (``fit.extrapolation_check``).
+        Each family's bootstrap seed is derived from ``seed`` and its name
+        (``fit._family_seed``), so two families never share bootstrap noise.
         """
         need = ("family", "n_params", "error")
         missing = [c for c in need if c not in points.column_names]
@@ -180,8 +229,8 @@ class Curves:
         for family in sorted(set(fam_col)):
             sub = points.filter(pa.array([f == family for f in fam_col]))
             curves[family] = _fit_family(family, sub, form=form, n_boot=n_boot,
-                                         seed=_family_seed(seed, family), holdout=holdout,
-                                         rel_tol=rel_tol, level=level)
+                                         seed=seed, holdout=holdout, rel_tol=rel_tol,
+                                         level=level, exclude_flagged=exclude_flagged)
         return cls(curves, form=form, study=study, level=level)
 
     # -- access --------------------------------------------------------------------------
@@ -234,6 +283,9 @@ class Curves:
                 "P_min": _f(f.P_min if f else math.nan), "P_max": _f(f.P_max if f else math.nan),
                 "extrapolation_ok": ex.get("ok"),
                 "extrapolation_max_rel_err": _f(ex.get("max_rel_err")),
+                "alpha_identified": bool(f.alpha_identified) if f else False,
+                "excluded_budgets": [x["budget"] for x in c.excluded],
+                "excluded_reasons": [f"{x['budget']}: {x['flags']}" for x in c.excluded],
                 "flags": list(c.flags),
             })
             rows.append(row)
@@ -254,7 +306,8 @@ class Curves:
         types = {"family": pa.string(), "form": pa.string(), "n_points": pa.int64(),
                  "n_boot": pa.int64(), "converged": pa.bool_(),
                  "extrapolation_ok": pa.bool_(), "at_bounds": pa.list_(pa.string()),
-                 "flags": pa.list_(pa.string())}
+                 "alpha_identified": pa.bool_(), "excluded_budgets": pa.list_(pa.int64()),
+                 "excluded_reasons": pa.list_(pa.string()), "flags": pa.list_(pa.string())}
         schema = pa.schema([(k, types.get(k, pa.float64())) for k in rows[0]])
         return pa.Table.from_pylist(rows, schema=schema)
 
@@ -265,7 +318,7 @@ class Curves:
             fams[c.family] = {
                 "fit": c.fit.to_dict(self.level) if c.fit else None,
                 "extrapolation": c.extrapolation, "flags": list(c.flags),
-                "points": c.points.to_pylist(),
+                "excluded": list(c.excluded), "points": c.points.to_pylist(),
             }
         return _jsonable({"study": self.study, "form": self.form, "level": self.level,
                           "families": fams})
@@ -286,6 +339,10 @@ class Curves:
             se = (np.asarray(c.points.column("stderr").to_pylist(), dtype=float)
                   if "stderr" in c.points.column_names else np.full(P.shape, np.nan))
             ok = np.isfinite(P) & (P > 0) & np.isfinite(L) & (L > 0)
+            fl = (np.array([bool((f or "").strip()) for f in c.points.column("flags").to_pylist()])
+                  if "flags" in c.points.column_names else np.zeros(P.shape, dtype=bool))
+            out = ok & fl if c.excluded else np.zeros(P.shape, dtype=bool)
+            ok = ok & ~out
             label = c.family
             if c.fit is not None:
                 lo_a, hi_a = c.ci(self.level).get("alpha", (math.nan, math.nan))
@@ -301,6 +358,9 @@ class Curves:
                 label += " (no fit)"
             ax.errorbar(P[ok], L[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0.0),
                         fmt="o", ms=4, color=col, capsize=2, label=label)
+            if out.any():  # flagged cells left out of the fit: hollow markers
+                ax.plot(P[out], L[out], "o", ms=6, mfc="none", color=col,
+                        label=f"{c.family}: excluded (flagged)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters P")
@@ -321,28 +381,58 @@ def _f(v) -> float:
 
 
 def _fit_family(family: str, pts: pa.Table, *, form, n_boot, seed, holdout, rel_tol,
-                level) -> FamilyCurve:
+                level, exclude_flagged=True) -> FamilyCurve:
     P = np.asarray(pts.column("n_params").to_pylist(), dtype=float)  # null → NaN
     L = np.asarray(pts.column("error").to_pylist(), dtype=float)
     se = (np.asarray(pts.column("stderr").to_pylist(), dtype=float)
           if "stderr" in pts.column_names else None)
+    pflags = ([f or "" for f in pts.column("flags").to_pylist()]
+              if "flags" in pts.column_names else [""] * pts.num_rows)
+    budgets = (pts.column("budget").to_pylist() if "budget" in pts.column_names
+               else [None] * pts.num_rows)
+    flagged = np.array([bool(f.strip()) for f in pflags], dtype=bool)
+    excluded = [{"budget": b, "n_params": _num_or_none(p), "error": _num_or_none(e),
+                 "flags": f} for b, p, e, f, m in zip(budgets, P, L, pflags, flagged) if m]
+    head: list[str] = []
+    if flagged.any():
+        desc = "; ".join(f"P={x['n_params'] if x['n_params'] is not None else x['budget']}"
+                         f" ({x['flags']})" for x in excluded)
+        if exclude_flagged:
+            head.append(f"excluded {len(excluded)} flagged point(s) from the fit: {desc}")
+            keep = ~flagged
+            P, L = P[keep], L[keep]
+            se = se[keep] if se is not None else None
+        else:
+            head.append(f"fit INCLUDES {len(excluded)} flagged point(s): {desc}")
+            excluded = []
     kw = dict(family=family, form=form, n_boot=n_boot, seed=seed)
     try:
         fit = fit_law(P, L, stderr=se, level=level, **kw)
     except FitError as exc:
         return FamilyCurve(family, form, pts, None,
                            {"ok": None, "reason": "no fit", "held_out": []},
-                           [f"fit failed: {exc}"])
-    flags = list(fit.flags)
+                           head + [f"fit failed: {exc}"], excluded)
+    flags = head + list(fit.flags)
     ex = extrapolation_check(P, L, stderr=se, holdout=holdout, level=level, rel_tol=rel_tol,
                              **kw)
+    if ex["ok"] is not None and not fit.alpha_identified:
+        # the reduced fit may pin α by luck; the full fit cannot, so the check says nothing
+        ex["ok"] = None
+        ex["reason"] = f"α not identified by the full fit ({fit.identification})"
     if ex["ok"] is None:
-        flags.append(f"extrapolation not checked: {ex['reason']}")
+        flags.append(f"extrapolation n/a: {ex['reason']}")
     elif not ex["ok"]:
-        bad = [h for h in ex["held_out"] if not h["inside"]
-               or (rel_tol is not None and h["rel_err"] > rel_tol)]
-        flags.append("extrapolation check FAILED: " + "; ".join(
+        tol = ex["rel_tol"]
+        bad = [h for h in ex["held_out"] if not h["inside"] or h["rel_err"] > tol]
+        flags.append(f"extrapolation check FAILED (tolerance {tol:.0%}): " + "; ".join(
             f"P={h['P']:.4g} observed {h['L']:.4g} vs predicted {h['pred']:.4g} "
             f"({h['rel_err']:.1%} off, {int(level * 100)}% interval "
             f"[{h['lo']:.4g}, {h['hi']:.4g}])" for h in bad))
-    return FamilyCurve(family, form, pts, fit, ex, flags)
+    return FamilyCurve(family, form, pts, fit, ex, flags, excluded)
+
+
+def _num_or_none(v):
+    v = float(v)
+    if not math.isfinite(v):
+        return None
+    return int(v) if v.is_integer() else v

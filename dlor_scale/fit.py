@@ -26,30 +26,43 @@ How a fit is made, and why (Epoch AI's replication of Chinchilla, notes/anchors.
   ``grad_norm`` (projected gradient) and ``at_bounds`` are reported: a fit that sits on a
   bound (E → 0, α → 0) is a statement about the data, not a number to publish bare.
 
-Uncertainty: a **parametric bootstrap in log space** (default 1000 resamples, seeded).
+Uncertainty: a **parametric bootstrap in log space** (default 1000 replicates, seeded per
+family) with **bias-corrected percentile-t intervals**.
 With 4–8 budgets a nonparametric resample of points is degenerate: a resample that draws
 the same budget 3 times cannot identify 3 parameters, and a residual bootstrap has only
 ``n - p`` informative residuals (a Huber fit with δ = 1e-3 is nearly L1, so ~p residuals are
-exactly 0). Instead every replicate simulates ``log L* = log L̂ + N(0, σ*²)`` and refits with
-the same estimator (so the Huber fit's own variance is what the CI measures).
+exactly 0). Instead every replicate simulates ``log L* = log L̂ + N(0, s²)`` at the fitted
+noise scale and refits with the same estimator (so the Huber fit's own variance is measured).
 
 * Noise scale without stderr: ``s² = Σr²/(n-p)`` from a least-squares refit (see
-  ``_ls_scale2`` for why not the Huber residuals).
-* With stderr on *every* point: per-point ``(stderr/L)²`` plus the excess scatter
-  ``τ² = max(0, s² − mean (stderr/L)²)`` the residuals show beyond it (HPO noise, lack of
-  fit). With stderr on only some points, the residual scale alone is used.
-* Scale uncertainty: ``n - p`` is tiny (5 with 8 budgets), so σ itself is uncertain; each
-  replicate draws ``σ*² = s²·(n-p)/χ²_(n-p)`` (τ² likewise). That makes the percentile
-  interval t-calibrated rather than z-calibrated. Measured 95%-CI coverage of α
-  at 8 and at 5 budgets (200 replicates each): plug-in σ (even from the inflated Huber
-  residuals) 93% and 85.5%; with the χ² draw 94–97.5% and 93–94%. A naive curve_fit
-  covariance CI: 88.5% and 78.5% (benchmarks/results/fit_compare.md).
+  ``_ls_scale2`` for why not the Huber residuals). With stderr on *every* point: per-point
+  ``(stderr/L)²`` plus the excess scatter ``τ² = max(0, s² − mean (stderr/L)²)``.
+* σ is itself uncertain (``n - p`` is 3 with 6 budgets). Each replicate also re-estimates
+  it (``s*``, the same least-squares statistic on the replicate), and its deviation from the
+  estimate is **studentized**: ``dev* = (θ* − θ̂)·s/s*``. In a linear model that turns the
+  bootstrap's z-distribution into exactly the t_(n-p) distribution; in ``compare`` the two
+  families' deviations combine Welch-style. Interval = the bias-corrected (BC) percentile
+  of ``θ̂ + dev*``: BC moves the percentile levels by ``z0 = Φ⁻¹(P(θ* < θ̂))``, which removes
+  the estimator's median bias instead of doubling it.
+
+Why not what was here before (measured, benchmarks/results/fit_compare.md): each replicate
+drew ``σ*² = s²·(n-p)/χ²_(n-p)`` and *simulated* at σ*. With 3 dof some replicates ran at
+3–10× the real noise, where E and α trade off freely (the saturating form's E is weakly
+identified over 1–2 decades), so the percentile tails were far wider than t-scaling gives;
+two such tails added in ``compare`` made its Δα CI ~2.5× the needed width (coverage 100%).
+And the plain percentile interval put the E–α skew on the wrong side: α̂ is biased upward
+(the fit trades E > 0 for a steeper α) and the replicates are biased upward again around
+α̂, so misses were all "CI above the truth". Studentizing instead of simulating at σ*, and
+BC instead of plain percentiles, fixes both (coverage 90–98% for α and Δα at 6 budgets and
+10% noise).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -65,7 +78,26 @@ PARAM_NAMES = {
 BREAK_SMOOTHNESS = 0.5  # f in the broken form, in units of ln P; fixed so 8 points suffice
 ALPHA_MAX = 5.0  # an exponent above 5 over a few decades of P is a fitting artefact
 DEFAULT_DELTA = 1e-3
+DEFAULT_REL_TOL = 0.10  # extrapolation check: a held-out point must be predicted within 10%
+MAX_RATIO = 1e3  # cap on s/s* (a replicate with s* ≈ 0 would otherwise give an infinite dev)
 MAX_REFINED_STARTS = 256  # grid starts refined by LM (all of them for saturating/power)
+
+
+_N01 = NormalDist()
+
+
+def _family_seed(seed: int, family: str) -> int:
+    """Bootstrap seed of one family's fit, derived from the user seed and the family name.
+
+    Why: ``compare`` pairs replicate i of one fit with replicate i of the other as a draw
+    from their joint distribution; that is only valid if the two bootstraps are independent.
+    Two fits made with the same seed share their noise draws (replicate correlation 0.87
+    measured), which made the Δα CI far too narrow. Deriving the seed from the family here,
+    in ``fit_law`` itself, makes every public path independent by construction (and adding
+    or removing a family leaves the others' replicates unchanged).
+    """
+    ss = np.random.SeedSequence([int(seed) & (2**63 - 1), zlib.crc32(str(family).encode())])
+    return int(ss.generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------- models
@@ -299,8 +331,10 @@ def _num(v: float) -> float | int:
 class LawFit:
     """One fitted scaling law plus its bootstrap. Parameters are in natural units.
 
-    ``boot`` holds one row per bootstrap replicate, columns ``param_names``. ``flags`` says
-    in words everything a reader should know before trusting the numbers.
+    ``boot`` holds one row per bootstrap replicate, columns ``param_names``; ``boot_ratio``
+    the replicate's studentizing factor s/s* (module docstring). ``flags`` says in words
+    everything a reader should know before trusting the numbers; ``alpha_identified`` says
+    whether the exponent is bounded by the data at all.
     """
 
     family: str
@@ -325,9 +359,14 @@ class LawFit:
     boot_method: str = "none"
     boot_converged: float = math.nan  # fraction of bootstrap refits that converged
     boot_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    boot_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    boot_seed: int | None = None  # the bootstrap's actual seed (derived from seed + family)
+    level: float = 0.95  # the level identification is judged at
     _log_pref: float = field(default=0.0, repr=False)
     _theta: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     _theta_boot: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    _lo: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # θ box
+    _hi: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -340,6 +379,53 @@ class LawFit:
 
     def _alpha_large_boot(self) -> np.ndarray:
         return self.boot[:, self.param_names.index("alpha2" if self.form == "broken" else "alpha")]
+
+    def _ratio(self) -> np.ndarray:
+        """Per-replicate studentizing factor s/s* (ones if none was recorded)."""
+        B = self.boot.shape[0]
+        r = np.asarray(self.boot_ratio, dtype=float)
+        return r if r.shape == (B,) else np.ones(B)
+
+    @property
+    def alpha_se(self) -> float:
+        """Robust bootstrap standard error of the large-P exponent (IQR / 1.349), at the
+        fitted noise scale; ``compare`` weighs the two families' t-scalings with it."""
+        b = self._alpha_large_boot() if self.boot.shape[0] else np.zeros(0)
+        b = b[np.isfinite(b)]
+        if b.size < 2:
+            return math.nan
+        q1, q3 = np.quantile(b, [0.25, 0.75])
+        return float((q3 - q1) / 1.349)
+
+    # -- identification -----------------------------------------------------------------
+    @property
+    def identification(self) -> str:
+        """"identified", or why the large-P exponent is not (the reason in words).
+
+        Not identified: no finite fit, the optimizer did not converge, the exponent sits on
+        a bound, there is no confidence interval (no bootstrap), or its CI at ``level``
+        reaches the fit's bounds [0, ALPHA_MAX] — then the data do not bound α and any Δα or
+        extrapolation built on it is an artefact of the bounds.
+        """
+        name = "alpha2" if self.form == "broken" else "alpha"
+        a = self.alpha_large
+        if a is None or not np.isfinite(a):
+            return "no finite fit"
+        if not self.converged:
+            return "the optimizer did not converge"
+        if name in self.at_bounds:
+            return f"{name} = {a:.3g} sits on its bound"
+        lo, hi = self.ci(self.level)[name]
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return f"{name} has no confidence interval (no bootstrap)"
+        if lo <= 1e-9 or hi >= ALPHA_MAX - 1e-6:
+            return (f"{name}'s {self.level:.0%} CI [{lo:.3g}, {hi:.3g}] reaches the fit's "
+                    f"bounds [0, {ALPHA_MAX:g}]")
+        return "identified"
+
+    @property
+    def alpha_identified(self) -> bool:
+        return self.identification == "identified"
 
     # -- predictions -------------------------------------------------------------------
     def _logpred(self, theta: np.ndarray, P) -> np.ndarray:
@@ -361,43 +447,79 @@ class LawFit:
 
     def predict_interval(self, P, level: float = 0.95, *, observation: bool = False,
                          stderr=None) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile bootstrap interval for the curve at P.
+        """BC percentile-t bootstrap interval for the curve at P (log space).
 
         ``observation=False`` (default): interval for the law itself (the CI band).
         ``observation=True``: interval for a *new measured point* at P, adding the noise
-        each replicate assumed (σ*, plus the point's own stderr if given). This is the
-        right interval for checking held-out points, which carry their own noise.
+        the bootstrap assumed (plus the point's own stderr if given) before studentizing.
+        This is the right interval for checking held-out points, which carry their own noise.
         """
         shape = np.shape(P)
-        lp = np.log(self.predict_boot(P)) if self._theta_boot.size else None
-        if lp is None or lp.shape[0] == 0:
+        if self._theta_boot.size == 0 or self._theta.size == 0:
             nan = np.full(shape, np.nan)
             return nan, nan.copy()
+        lp = self._logpred(self._theta_boot, P)
+        est = self._logpred(self._theta, P)[0]
+        dev = lp - est[None, :]
         if observation:
             rng = np.random.default_rng(12345)
-            sd = np.broadcast_to(self.boot_sigma[:, None], lp.shape)
+            sd = np.broadcast_to(np.asarray(self.boot_sigma, dtype=float)[:, None], lp.shape)
             if stderr is not None:
-                rel = np.asarray(stderr, dtype=float).ravel() / self.predict(P).ravel()
+                rel = np.asarray(stderr, dtype=float).ravel() / np.exp(est)
                 rel = np.where(np.isfinite(rel), rel, 0.0)
                 sd = np.sqrt(sd**2 + rel[None, :] ** 2)
-            lp = lp + sd * rng.standard_normal(lp.shape)
-        q = (1 - level) / 2
-        lo, hi = np.quantile(lp, [q, 1 - q], axis=0)
-        return np.exp(lo).reshape(shape), np.exp(hi).reshape(shape)
+            dev = dev + sd * rng.standard_normal(lp.shape)  # a new point around replicate i
+        lo, hi = _bc_interval_cols(dev * self._ratio()[:, None], level)
+        return np.exp(est + lo).reshape(shape), np.exp(est + hi).reshape(shape)
 
-    def ci(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap CIs per parameter (E is exactly (0, 0) for form='power')."""
+    def ci(self, level: float = 0.95, method: str = "bc-t") -> dict[str, tuple[float, float]]:
+        """Bootstrap CIs per parameter (E is exactly (0, 0) for form='power').
+
+        ``method="bc-t"`` (default): bias-corrected percentile of studentized deviations,
+        on log scale for E, A and P_break, clipped to the fit's box (module docstring).
+        ``method="percentile"``: the plain percentile of the replicates (for comparison).
+        """
         names = self.param_names
         out: dict[str, tuple[float, float]] = {}
         q = (1 - level) / 2
+        est = {"E": self.E, "A": self.A, "alpha": self.alpha, "alpha2": self.alpha2,
+               "P_break": self.P_break}
         for j, nm in enumerate(names):
             col = self.boot[:, j] if self.boot.size else np.zeros(0)
-            col = col[np.isfinite(col)]
-            out[nm] = ((float(np.quantile(col, q)), float(np.quantile(col, 1 - q)))
-                       if col.size else (math.nan, math.nan))
+            if method == "percentile":
+                c = col[np.isfinite(col)]
+                out[nm] = ((float(np.quantile(c, q)), float(np.quantile(c, 1 - q)))
+                           if c.size else (math.nan, math.nan))
+                continue
+            logs = nm in ("E", "A", "P_break")
+            e = est[nm]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tc = np.log(col) if logs else col
+                te = math.log(e) if (logs and e is not None and e > 0) else (
+                    math.nan if logs else (math.nan if e is None else float(e)))
+            ok = np.isfinite(tc)
+            if not ok.any() or not np.isfinite(te):
+                out[nm] = (math.nan, math.nan)
+                continue
+            lo, hi = _bc_interval_cols(((tc - te) * self._ratio())[ok][:, None], level)
+            lo, hi = te + float(lo[0]), te + float(hi[0])
+            blo, bhi = self._natural_bounds(nm)
+            lo, hi = (math.exp(lo), math.exp(hi)) if logs else (lo, hi)
+            out[nm] = (float(min(max(lo, blo), bhi)), float(max(min(hi, bhi), blo)))
         if self.form == "power":
             out = {"E": (0.0, 0.0), **out}
         return out
+
+    def _natural_bounds(self, name: str) -> tuple[float, float]:
+        """Box of a natural parameter, for clipping CIs (A has none: it moves with α)."""
+        if name in ("alpha", "alpha2"):
+            return 0.0, ALPHA_MAX
+        if name == "E" and self._lo.size:
+            return float(np.exp(self._lo[0])), float(np.exp(self._hi[0]))
+        if name == "P_break" and self._lo.size:
+            return (float(np.exp(self._lo[4] + self._log_pref)),
+                    float(np.exp(self._hi[4] + self._log_pref)))
+        return 0.0, math.inf
 
     # -- inversion ---------------------------------------------------------------------
     def params_for(self, error: float) -> float | None:
@@ -419,6 +541,7 @@ class LawFit:
     # -- export --------------------------------------------------------------------------
     def to_dict(self, level: float = 0.95) -> dict[str, Any]:
         """JSON-safe summary (NaN/inf → None; bootstrap summarised by its CIs)."""
+        ab = self._alpha_large_boot() if self.boot.shape[0] else np.zeros(0)
         d = {
             "family": self.family, "form": self.form, "E": self.E, "A": self.A,
             "alpha": self.alpha, "alpha2": self.alpha2, "P_break": self.P_break,
@@ -427,11 +550,44 @@ class LawFit:
             "grad_norm": self.grad_norm, "at_bounds": list(self.at_bounds),
             "n_starts": self.n_starts, "sigma": self.sigma,
             "n_boot": int(self.boot.shape[0]), "boot_method": self.boot_method,
-            "boot_converged": self.boot_converged, "ci_level": level,
+            "boot_converged": self.boot_converged, "boot_seed": self.boot_seed,
+            "ci_level": level, "ci_method": "bc-t",
             "ci": {k: list(v) for k, v in self.ci(level).items()},
+            "alpha_identified": self.alpha_identified, "identification": self.identification,
+            # median(α*) − α̂: the bootstrap's estimate of α̂'s median bias (the CI corrects it)
+            "alpha_boot_bias": (float(np.median(ab) - self.alpha_large) if ab.size else None),
             "flags": list(self.flags),
         }
         return _jsonable(d)
+
+
+def _bc_interval_cols(dev: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bias-corrected percentile interval of deviations ``dev`` [B, m], per column.
+
+    Returns (lo, hi) offsets to add to the estimate. BC (Efron 1981): with
+    ``z0 = Φ⁻¹(P(dev < 0))`` the levels are ``Φ(2·z0 ± z_(1-q))`` instead of q, 1−q, so a
+    bootstrap that is median-biased like the estimator is not read as extra spread on
+    that side. ±inf deviations (replicates that left the box) are allowed; NaN are dropped.
+    """
+    dev = np.asarray(dev, dtype=float)
+    if dev.ndim == 1:
+        dev = dev[:, None]
+    B, m = dev.shape
+    lo, hi = np.full(m, np.nan), np.full(m, np.nan)
+    q = (1 - level) / 2
+    zq = _N01.inv_cdf(1 - q)
+    for c in range(m):
+        d = dev[:, c]
+        d = d[~np.isnan(d)]
+        if d.size == 0:
+            continue
+        p = (np.count_nonzero(d < 0) + 0.5 * np.count_nonzero(d == 0)) / d.size
+        p = min(max(p, 0.5 / d.size), 1 - 0.5 / d.size)
+        z0 = _N01.inv_cdf(p)
+        ql, qh = _N01.cdf(2 * z0 - zq), _N01.cdf(2 * z0 + zq)
+        how = "inverted_cdf" if np.isinf(d).any() else "linear"
+        lo[c], hi[c] = np.quantile(d, [ql, qh], method=how)
+    return lo, hi
 
 
 def _invert(form: str, theta: np.ndarray, log_pref: float, error: float) -> np.ndarray:
@@ -543,6 +699,9 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
             weight_by_stderr: bool = False, level: float = 0.95) -> LawFit:
     """Fit one family's scaling law and bootstrap it.
 
+    The bootstrap's seed is ``_family_seed(seed, family)``: fits of different families made
+    with the same ``seed`` have independent bootstraps, so ``compare`` may pair them.
+
     Raises FitError (message names the family) when no law can be identified: no usable
     points, one budget, fewer distinct budgets than parameters, unknown form. Softer
     problems (dropped NaN points, E on its bound, zero residual dof, non-convergence) come
@@ -589,8 +748,9 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
     lp_hat = _model(form, theta[None, :], x)[0][0]
     dof = n - k
     s2 = _ls_scale2(prob, theta, dof) if dof > 0 else math.nan
-    boot_theta, boot_sigma, method, boot_conv = _bootstrap(
-        prob, theta, lp_hat, s2, dof, delta, n_boot, seed, starts, flags)
+    boot_seed = _family_seed(seed, family)
+    boot_theta, boot_sigma, boot_ratio, method, boot_conv = _bootstrap(
+        prob, theta, lp_hat, s2, dof, delta, n_boot, boot_seed, starts, flags)
 
     nat = _natural(form, theta, prob.log_pref)[0]
     vals = dict(zip(names, nat))
@@ -602,8 +762,9 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
         flags=flags, P_min=float(prob.P.min()), P_max=float(prob.P.max()),
         sigma=math.sqrt(s2) if dof > 0 else math.nan,
         delta=delta, n_starts=int(starts.shape[0]), boot_method=method,
-        boot_converged=boot_conv, boot_sigma=boot_sigma, _log_pref=prob.log_pref,
-        _theta=theta, _theta_boot=boot_theta,
+        boot_converged=boot_conv, boot_sigma=boot_sigma, boot_ratio=boot_ratio,
+        boot_seed=boot_seed if boot_theta.size else None, level=level,
+        _log_pref=prob.log_pref, _theta=theta, _theta_boot=boot_theta, _lo=lo, _hi=hi,
     )
     if form == "broken":
         fit.alpha2, fit.P_break = float(vals["alpha2"]), float(vals["P_break"])
@@ -612,6 +773,8 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
             if nm in ("alpha", "alpha2") and (a <= 1e-9 or b >= ALPHA_MAX - 1e-6):
                 flags.append(f"{nm} CI reaches its bound ({a:.3g}, {b:.3g}): too few or too "
                              "noisy points to bound the exponent")
+    if not fit.alpha_identified:
+        flags.append(f"exponent not identified: {fit.identification}")
     return fit
 
 
@@ -624,44 +787,46 @@ def _ls_scale2(prob: _Problem, theta: np.ndarray, dof: int) -> float:
     efficient choice under the Gaussian noise the bootstrap simulates; an outlier inflates it,
     which widens the CI (the safe direction).
     """
-    th, _, _ = _lm_batch(prob.form, theta[None, :], prob.x, prob.y, prob.w, prob.lo, prob.hi,
-                         math.inf)
-    r = prob.y - _model(prob.form, th, prob.x)[0][0]
-    return float((r**2).sum() / dof)
+    return float(_ls_scale2_batch(prob, theta[None, :], prob.y[None, :], dof)[0])
+
+
+def _ls_scale2_batch(prob: _Problem, theta: np.ndarray, y: np.ndarray, dof: int) -> np.ndarray:
+    """``_ls_scale2`` for many (θ start, data row) pairs at once: the bootstrap's s*²."""
+    th, _, _ = _lm_batch(prob.form, theta, prob.x, y, prob.w, prob.lo, prob.hi, math.inf)
+    r = y - _model(prob.form, th, prob.x)[0]
+    return (r**2).sum(-1) / dof
 
 
 def _bootstrap(prob, theta, lp_hat, s2, dof, delta, n_boot, seed, starts, flags):
     """Parametric bootstrap in log space; see the module docstring for why.
 
-    Returns (θ* [B, k], σ* [B] (noise sd each replicate assumed), method, converged frac).
+    Returns (θ* [B, k], noise sd each replicate simulated [B], studentizing factor s/s* [B],
+    method, converged fraction).
     """
     k, n = theta.size, lp_hat.size
-    empty = (np.zeros((0, k)), np.zeros(0), "none", math.nan)
+    empty = (np.zeros((0, k)), np.zeros(0), np.zeros(0), "none", math.nan)
     if n_boot <= 0:
         return empty
     rng = np.random.default_rng(seed)
     has_se = np.isfinite(prob.rel_se).all()
     v = prob.rel_se**2 if has_se else np.zeros(n)
     if dof > 0:
-        # scale uncertainty: σ*² = s²·dof/χ²_dof (t-calibrated percentile intervals)
-        chi = rng.chisquare(dof, size=n_boot)
         if has_se:
             tau2 = max(0.0, s2 - float(v.mean()))  # scatter the stderrs do not explain
-            tau2_b = tau2 * dof / chi
             method = "parametric(stderr+residual)"
         else:
-            tau2_b = s2 * dof / chi
+            tau2 = s2
             method = "parametric(residual)"
     elif has_se:
-        tau2_b = np.zeros(n_boot)
+        tau2 = 0.0
         method = "parametric(stderr)"
         flags.append("no residual degrees of freedom: CIs rely on the points' stderr alone")
     else:
         flags.append(f"no residual degrees of freedom ({n} points, {k} parameters) and no "
                      "stderr: no bootstrap, CIs unavailable")
         return empty
-    sd = np.sqrt(v[None, :] + tau2_b[:, None])  # [B, n]
-    y_star = lp_hat[None, :] + sd * rng.standard_normal((n_boot, n))
+    sd = np.sqrt(v + tau2)  # [n]: simulated at the fitted noise scale (no σ* draw, see top)
+    y_star = lp_hat[None, :] + sd[None, :] * rng.standard_normal((n_boot, n))
     form = prob.form
     # starts per replicate: the point estimate (the truth of the bootstrap world, so the
     # usual basin) + the best grid start on that replicate (guards against a second basin)
@@ -677,30 +842,47 @@ def _bootstrap(prob, theta, lp_hat, s2, dof, delta, n_boot, seed, starts, flags)
     boot_conv = float(np.mean(conv | (gn <= _gtol(delta, n, 1e-2))))
     if boot_conv < 0.99:
         flags.append(f"only {boot_conv:.1%} of bootstrap refits converged")
-    return th_b, np.sqrt(tau2_b), method, boot_conv
+    ratio = np.ones(n_boot)
+    if dof > 0:
+        # studentizing scale: the same statistic as s², on each replicate; with stderr the
+        # noise is known to be at least mean (stderr/L)², so that floors both
+        floor = float(v.mean()) if has_se else 0.0
+        s2_b = np.maximum(_ls_scale2_batch(prob, th_b, y_star, dof), floor)
+        s2_0 = max(s2, floor)
+        if s2_0 > 0:
+            with np.errstate(divide="ignore"):
+                ratio = np.minimum(np.sqrt(s2_0 / s2_b), MAX_RATIO)
+    return th_b, np.full(n_boot, math.sqrt(tau2)), ratio, method, boot_conv
 
 
 # --------------------------------------------------------------------------- checks
 
 
 def extrapolation_check(P, L, *, holdout: int | None = None, level: float = 0.95,
-                        rel_tol: float | None = None, **fit_kw) -> dict[str, Any]:
+                        rel_tol: float | None = DEFAULT_REL_TOL, **fit_kw) -> dict[str, Any]:
     """Refit without the largest budget(s) and score the prediction there.
 
     ``holdout`` = number of largest distinct budgets held out (default: the largest 1/4,
-    at least 1). A held-out point is ``inside`` when it falls in the *observation*
-    interval of the reduced fit (curve uncertainty plus point noise). ``ok`` is True only
-    if every held-out point is inside (and, if ``rel_tol`` is given, every relative error
-    is ≤ rel_tol); False flags the curve; None means the check could not be run (reason in
-    ``reason``) — never silently "passed".
+    at least 1). ``ok`` (and ``verdict``):
+
+    * True ("ok") only if **every** held-out point's relative error ``|pred − L|/L`` is
+      ≤ ``rel_tol`` (default 10%; None means the default) **and** the point lies inside the
+      reduced fit's *observation* interval (curve uncertainty plus point noise). The
+      tolerance is what makes it a check: an interval alone passes anything once the band
+      is wide (a 91% miss passed the interval-only check when α was unidentified).
+    * False ("FAILED"): some held-out point misses the tolerance or the interval.
+    * None ("n/a", reason in ``reason``): the check could not be run, or the reduced fit's
+      exponent is not identified (its CI reaches the bounds), so agreement would be luck.
     """
+    rel_tol = DEFAULT_REL_TOL if rel_tol is None else float(rel_tol)
     family = fit_kw.get("family", "")
     stderr = fit_kw.pop("stderr", None)
     P = np.asarray(P, dtype=float).ravel()
     L = np.asarray(L, dtype=float).ravel()
     se = np.full(P.shape, np.nan) if stderr is None else np.asarray(stderr, float).ravel()
-    out: dict[str, Any] = {"ok": None, "held_out": [], "max_rel_err": None, "level": level,
-                           "rel_tol": rel_tol, "n_fit": 0, "holdout": 0, "reason": None}
+    out: dict[str, Any] = {"ok": None, "verdict": "n/a", "held_out": [], "max_rel_err": None,
+                           "level": level, "rel_tol": rel_tol, "n_fit": 0, "holdout": 0,
+                           "reason": None}
     if se.shape != P.shape or L.shape != P.shape:
         out["reason"] = "P, L and stderr lengths differ"
         return out
@@ -730,19 +912,18 @@ def extrapolation_check(P, L, *, holdout: int | None = None, level: float = 0.95
     inside = (lo <= Lh) & (Lh <= hi)
     out.update(n_fit=int(fit_mask.sum()), holdout=holdout, P_fit_max=float(P[fit_mask].max()),
                extrapolation_factor=float(Ph.max() / P[fit_mask].max()),
-               max_rel_err=float(rel.max()), fit_flags=list(fit.flags))
+               max_rel_err=float(rel.max()), fit_flags=list(fit.flags),
+               fit_alpha_identified=fit.alpha_identified)
     out["held_out"] = [
         {"P": float(p), "L": float(l_), "pred": float(pr), "rel_err": float(r),
-         "lo": float(a), "hi": float(b), "inside": bool(i) if has_pi else None}
+         "within_tol": bool(r <= rel_tol), "lo": float(a), "hi": float(b),
+         "inside": bool(i) if has_pi else None}
         for p, l_, pr, r, a, b, i in zip(Ph, Lh, pred, rel, lo, hi, inside)]
-    if not has_pi:
-        out["reason"] = "reduced fit has no bootstrap interval"
-        out["ok"] = None if rel_tol is None else bool(rel.max() <= rel_tol)
-        return out
-    ok = bool(inside.all())
-    if rel_tol is not None:
-        ok = ok and bool(rel.max() <= rel_tol)
-    out["ok"] = ok
+    if not fit.alpha_identified:
+        out["reason"] = f"α not identified by the reduced fit ({fit.identification})"
+        return _jsonable(out)
+    ok = bool(inside.all()) and bool(rel.max() <= rel_tol)
+    out["ok"], out["verdict"] = ok, ("ok" if ok else "FAILED")
     return _jsonable(out)
 
 
@@ -750,42 +931,73 @@ def compare(fa: LawFit, fb: LawFit, *, target_error: float | None = None,
             level: float = 0.95, window: float = 4.0) -> dict[str, Any]:
     """Compare two families' fits.
 
-    * ``delta_alpha`` = α_a − α_b (large-P exponent), CI and ``p_a_steeper`` = P(α_a > α_b)
-      from replicate-by-replicate differences of the two bootstraps (independent data, so
-      pairing replicate i with i is a draw from the joint distribution).
+    * ``identified``: both large-P exponents are identified (``LawFit.alpha_identified``).
+      If not, ``verdict`` is "not identified", ``why`` says which and why, and no Δα CI or
+      P(steeper) is given: a CI built from exponents pinned by the fit's bounds is the bound
+      box, not evidence.
+    * ``delta_alpha`` = α_a − α_b (large-P exponent) and its BC percentile-t CI: replicate i
+      of a is paired with replicate i of b (independent bootstraps: each fit's seed derives
+      from its family, see ``_family_seed``; fits that still share a seed are paired with an
+      offset and ``notes`` says so), each difference is studentized Welch-style —
+      ``(Δ* − Δ̂)·se/se*`` with ``se² = se_a² + se_b²`` and ``se*²`` the same with each
+      family's replicate noise scale — and the BC percentile taken. ``p_a_steeper`` is the
+      confidence mass above 0 on that scale. ``verdict``: "<a> steeper", "<b> steeper" or
+      "no significant difference" at ``level``.
     * ``crossover``: the budget where the curves cross, searched within the union of the two
       fitted ranges widened by ``window``× on each side; the crossing at the largest P (it
       decides which family wins at scale). ``crossover_ci`` is the percentile interval over
       replicates that cross in the window, ``p_crossover`` the share of those replicates.
-    * ``params_for``: per family, P needed to reach ``target_error`` with CI and
-      ``p_reachable`` (share of replicates with E < target).
+    * ``params_for``: per family, P needed to reach ``target_error`` with (percentile) CI
+      and ``p_reachable`` (share of replicates with E < target).
     """
     na, nb = fa.family or "a", fb.family or "b"
     if na == nb:
         na, nb = na + "[a]", nb + "[b]"
     q = (1 - level) / 2
+    ident = fa.alpha_identified and fb.alpha_identified
+    why = [f"{n}: {f.identification}" for n, f in ((na, fa), (nb, fb)) if not f.alpha_identified]
     out: dict[str, Any] = {"a": na, "b": nb, "level": level,
                            "delta_alpha": fa.alpha_large - fb.alpha_large,
+                           "identified": ident, "verdict": "not identified" if not ident else None,
+                           "why": "; ".join(why) or None,
                            "delta_alpha_ci": None, "p_a_steeper": None,
                            "crossover": None, "crossover_ci": None, "p_crossover": None,
-                           "crossovers": [], "params_for": {}}
+                           "crossovers": [], "params_for": {}, "notes": []}
     m = min(fa.boot.shape[0], fb.boot.shape[0])
-    if m:
-        d = fa._alpha_large_boot()[:m] - fb._alpha_large_boot()[:m]
-        out["delta_alpha_ci"] = tuple(float(v) for v in np.quantile(d, [q, 1 - q]))
-        out["p_a_steeper"] = float(np.mean(d > 0) + 0.5 * np.mean(d == 0))
-    lo = min(fa.P_min, fb.P_min) / window
-    hi = max(fa.P_max, fb.P_max) * window
-    if np.isfinite(lo) and np.isfinite(hi) and hi > lo > 0:
-        grid = np.geomspace(lo, hi, 400)
+    ib = np.arange(m)
+    if m and fa.boot_seed is not None and fa.boot_seed == fb.boot_seed:
+        ib = (ib + m // 2) % m  # same noise draws at equal i: pair i with i + m/2 instead
+        out["notes"].append("the two fits share a bootstrap seed; replicates were paired with "
+                            "an offset so the pairs are independent")
+    if m and ident:
+        da = fa._alpha_large_boot()[:m] - fa.alpha_large
+        db = fb._alpha_large_boot()[ib] - fb.alpha_large
+        va, vb = fa.alpha_se**2, fb.alpha_se**2
+        ka, kb = fa._ratio()[:m], fb._ratio()[ib]
+        se = math.sqrt(va + vb) if np.isfinite(va + vb) else math.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            se_b = np.sqrt(va / ka**2 + vb / kb**2)
+            scale = np.where((se_b > 0) & np.isfinite(se_b) & (se > 0), se / se_b, 1.0)
+        dev = (da - db) * scale
+        lo, hi = _bc_interval_cols(dev, level)
+        d0 = out["delta_alpha"]
+        out["delta_alpha_ci"] = (float(d0 + lo[0]), float(d0 + hi[0]))
+        # confidence that Δα > 0: the share of the (BC-free) studentized distribution above 0
+        out["p_a_steeper"] = float(np.mean(d0 + dev > 0) + 0.5 * np.mean(d0 + dev == 0))
+        out["verdict"] = (f"{na} steeper" if d0 + lo[0] > 0 else
+                          f"{nb} steeper" if d0 + hi[0] < 0 else "no significant difference")
+    lo_p = min(fa.P_min, fb.P_min) / window
+    hi_p = max(fa.P_max, fb.P_max) * window
+    if np.isfinite(lo_p) and np.isfinite(hi_p) and hi_p > lo_p > 0:
+        grid = np.geomspace(lo_p, hi_p, 400)
         diff = np.log(fa.predict(grid)) - np.log(fb.predict(grid))
         xs = _crossings(np.log(grid), diff[None, :])[0]
         out["crossovers"] = [float(np.exp(v)) for v in xs]
         if xs:
             out["crossover"] = float(np.exp(xs[-1]))
         if m:
-            db = np.log(fa.predict_boot(grid)[:m]) - np.log(fb.predict_boot(grid)[:m])
-            per = _crossings(np.log(grid), db)
+            db_ = np.log(fa.predict_boot(grid)[:m]) - np.log(fb.predict_boot(grid)[ib])
+            per = _crossings(np.log(grid), db_)
             ref = xs[-1] if xs else None
             pick = [(min(c, key=lambda v: abs(v - ref)) if ref is not None else c[-1])
                     for c in per if c]
