@@ -249,7 +249,8 @@ def curves(
             out.print(f"wrote {output}")
         elif format == "table":
             out.print(_curves_table(c))
-            out.print(_units_line(c.units), highlight=False)
+            if _units_line(c.units):
+                out.print(_units_line(c.units), highlight=False)
             for name, cmp in comparisons(c).items():
                 if "delta_alpha" in cmp:
                     lo, hi = cmp["delta_alpha_ci"]
@@ -265,9 +266,11 @@ def curves(
         _fail(e)
 
 
-def _units_line(info: dict) -> str:
-    """Which units E, A and the errors are in (α has none)."""
-    sc = info.get("scale") or {}
+def _units_line(info: dict) -> str | None:
+    """Which units E, A and the errors are in (α has none); None if the study recorded no scale."""
+    sc = info.get("scale")
+    if sc is None:
+        return None
     if not sc.get("standardized"):
         return "errors in the target's own units (the target was not standardized)"
     if info["units"] == "target":
