@@ -94,6 +94,11 @@ def _missing_file(s):
     s.data.unlink()
 
 
+def _directory(s):
+    s.data.unlink()
+    s.data.mkdir()
+
+
 def _not_parquet(s):
     s.data.write_text("a,b,y\n1,2,3\n")
 
@@ -144,6 +149,7 @@ def _n_train_too_big(s):
 
 BAD = {  # case → (mutation, words the message must contain besides the file name)
     "missing-file": (_missing_file, ["not found"]),
+    "directory": (_directory, ["not a file"]),
     "not-parquet": (_not_parquet, ["cannot read as Parquet"]),
     "missing-column": (_missing_column, ["'zzz'", "not found", "available columns"]),
     "non-numeric": (_non_numeric, ["'label'", "non-numeric", "string"]),
