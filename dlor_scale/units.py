@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import DataError, DlorError
 
 UNITS = ("standardized", "target")
-ERROR_COLUMNS = ("test_error", "best_val")  # member-export columns that are errors
+ERROR_COLUMNS = ("test_error", "best_val", "baseline_val")  # member-export columns that are errors
 SCALE_META_KEY = b"dlor.target_scale"
 UNITS_META_KEY = b"dlor.error_units"
 _MAX_PARAM = 6000  # MLflow's param value limit
