@@ -97,6 +97,52 @@ def test_points_from_runs_rules():
     assert math.isnan(w["stderr"])  # one confirm seed: no spread to estimate
 
 
+def diag_runs(**cols) -> pa.Table:
+    """hand_built_runs plus the member-diagnostic columns (records.py), given per run_id."""
+    t = hand_built_runs()
+    n = t.num_rows
+    ids = t.column("run_id").to_pylist()
+    defaults = {"baseline_val": 1.0, "undertrained": 0.0, "stopped_early": 1.0,
+                "best_epoch": 10.0, "lr_edge": ""}
+    for name, default in defaults.items():
+        per = cols.get(name, {})
+        vals = [per.get(i, default) for i in ids]
+        typ = pa.string() if name == "lr_edge" else pa.float64()
+        t = t.append_column(name, pa.array(vals[:n], type=typ))
+    return t
+
+
+def test_points_carry_cell_flags_of_the_selected_member():
+    t = diag_runs(
+        # dense@1000: the selected member (trial 2, run r3) is undertrained; the pruned
+        # trial's flags and the confirm runs' do not matter
+        undertrained={"r3": 1.0, "r2": 0.0, "r5": 1.0},
+        # dense@4000: selected trial 4 (r11) has its lr at the top of the range; trial 5's
+        # (not selected) low edge is ignored
+        lr_edge={"r11": "high", "r10": "low", "r15": "low"},
+        # dlor_deep@4000 (r15): best_val 0.11 ≥ 0.9 × baseline 0.12 → not trained, and lr low
+        baseline_val={"r15": 0.12},
+    )
+    rows = {(r["family"], r["budget"]): r for r in points_from_runs(t).to_pylist()}
+    assert rows[("dense", 1000)]["flags"] == "undertrained"
+    assert rows[("dense", 4000)]["flags"] == "lr_edge:high"
+    assert rows[("dlor_deep", 4000)]["flags"] == "lr_edge:low,not_trained"
+    assert rows[("dlor_deep", 1000)]["flags"] == ""  # no completed member: nothing to judge
+    # 0.9 × baseline is the line: just under it is clean
+    t2 = diag_runs(baseline_val={"r15": 0.11 / 0.9 + 1e-6})
+    assert {r["family"]: r["flags"] for r in points_from_runs(t2).to_pylist()
+            if r["budget"] == 4000}["dlor_deep"] == ""
+
+
+def test_points_without_diagnostics_are_unflagged():
+    """Old tables have no diagnostic columns; nulls mean unknown: no flag either way."""
+    pts = points_from_runs(hand_built_runs())
+    assert set(pts.column("flags").to_pylist()) == {""}
+    t = diag_runs(undertrained={"r3": math.nan}, lr_edge={"r11": None},
+                  baseline_val={"r15": math.nan})
+    assert set(points_from_runs(t).column("flags").to_pylist()) == {""}
+
+
 def test_points_from_runs_missing_column():
     t = hand_built_runs().drop_columns(["best_val"])
     with pytest.raises(DataError, match="best_val"):
@@ -116,11 +162,12 @@ def synth_points(seed=0) -> pa.Table:
             err = (E + A * p**-a) * math.exp(0.005 * rng.standard_normal())
             rows.append({"family": fam, "budget": int(p), "n_params": int(p), "error": err,
                          "stderr": 0.005 * err, "n_seeds": 3, "best_trial": 1,
-                         "source": "confirm"})
+                         "source": "confirm", "flags": ""})
     for p in P:  # an all-diverged family
         rows.append({"family": "rank1", "budget": int(p), "n_params": int(p),
                      "error": math.nan, "stderr": math.nan, "n_seeds": 0,
-                     "best_trial": None, "source": "none: 0 completed search runs"})
+                     "best_trial": None, "source": "none: 0 completed search runs",
+                     "flags": ""})
     from dlor_scale.curves import POINT_SCHEMA
 
     return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
@@ -239,3 +286,58 @@ def test_end_to_end_runs_to_curves(tmp_path):
     assert any("only one budget" in f for f in c["dlor_deep"].flags)
     c.plot(tmp_path / "e2e.png")
     assert (tmp_path / "e2e.png").stat().st_size > 10_000
+
+
+def test_flagged_points_are_excluded_from_the_fit_and_reported():
+    """The two largest dense cells stopped short of capacity (error 1.5× the law): fitted,
+    they bend the law (E absorbs them and α steepens); flagged and excluded (the default),
+    α is the planted 0.4 again."""
+    from dlor_scale.curves import POINT_SCHEMA
+
+    pts = synth_points().to_pylist()
+    for r in pts:
+        if r["family"] == "dense" and r["budget"] >= 3e5:
+            r["error"] *= 1.5
+            r["flags"] = "undertrained" if r["budget"] < 9e5 else "undertrained,lr_edge:high"
+    table = pa.Table.from_pylist(pts, schema=POINT_SCHEMA)
+    c = Curves.from_points(table, n_boot=200)
+    d = c["dense"]
+    assert d.fit.n_points == 6 and d.points.num_rows == 8  # points keep every budget
+    assert d.alpha == pytest.approx(0.4, abs=0.03)
+    assert [x["budget"] for x in d.excluded] == [372759, 1000000]
+    assert d.excluded[1]["flags"] == "undertrained,lr_edge:high"
+    assert any(f.startswith("excluded 2 flagged point(s)") and "lr_edge:high" in f
+               for f in d.flags)
+    assert c["dlor_deep"].excluded == []
+    row = c.to_pandas().set_index("family").loc["dense"]
+    assert list(row["excluded_budgets"]) == [372759, 1000000]
+    assert "1000000: undertrained,lr_edge:high" in list(row["excluded_reasons"])
+    t = c.to_arrow()
+    assert t.schema.field("excluded_budgets").type == pa.list_(pa.int64())
+    j = json.loads(json.dumps(c.to_json(), allow_nan=False))
+    assert [x["budget"] for x in j["families"]["dense"]["excluded"]] == [372759, 1000000]
+
+    inc = Curves.from_points(table, n_boot=200, exclude_flagged=False)["dense"]
+    assert inc.fit.n_points == 8 and inc.excluded == []
+    assert any(f.startswith("fit INCLUDES 2 flagged point(s)") for f in inc.flags)
+    assert abs(inc.alpha - 0.4) > 0.05  # what the flagged cells did to the law
+
+
+def test_curves_compare_says_not_identified_for_a_flat_family():
+    from dlor_scale.curves import POINT_SCHEMA
+
+    pts = [r for r in synth_points().to_pylist() if r["family"] != "rank1"]
+    rng = np.random.default_rng(5)
+    for r in pts:
+        if r["family"] == "dense":  # stuck on a floor: no scaling to identify
+            r["error"] = 0.02 * math.exp(0.05 * rng.standard_normal())
+    c = Curves.from_points(pa.Table.from_pylist(pts, schema=POINT_SCHEMA), n_boot=200)
+    cmp = c.compare("dlor_deep", "dense")
+    assert cmp["identified"] is False and cmp["verdict"] == "not identified"
+    assert cmp["delta_alpha_ci"] is None and "dense" in cmp["why"]
+    d = c["dense"]
+    assert d.extrapolation["ok"] is None and not d.ok
+    assert any(f.startswith("extrapolation n/a") for f in d.flags)
+    assert c.to_pandas().set_index("family").loc["dense", "alpha_identified"] == False  # noqa: E712
+    ok = c.compare("dlor_deep", "dlor_deep")
+    assert ok["identified"] is True and ok["verdict"] == "no significant difference"
