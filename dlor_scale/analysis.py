@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from .curves import Curves, points_from_runs
 from .records import member_runs, study_tracker
 from .tracking import Tracker
 from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata
+
+# Part of the fit run's key: a changed fitting method must not find (and return) a fit run
+# recorded by the old one. bc-t/1: BC percentile-t CIs, flagged cells excluded.
+FIT_METHOD = "bc-t/1"
 
 
 def load_curves(study: str, tracking_uri: str | None = None, *, form: str = "saturating",
@@ -53,7 +58,10 @@ def export_runs(study: str, out: Path, tracking_uri: str | None = None, *,
 
 
 def comparisons(curves: Curves) -> dict:
-    """Every ordered pair of fitted families (deep vs wide is the headline)."""
+    """Every ordered pair of fitted families (deep vs wide is the headline).
+
+    Each is ``fit.compare``'s dict: ``identified`` / ``verdict`` say whether Δα means anything
+    (no CI is given when either exponent is not identified)."""
     out = {}
     fams = [c.family for c in curves if c.fit is not None]
     for i, a in enumerate(fams):
@@ -71,8 +79,8 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
     points = points_from_runs(member_runs(tracker))
     curves = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=study_name)
     digest = hashlib.sha256(
-        json.dumps({"points": points.to_pylist(), "form": form, "n_boot": n_boot, "seed": seed},
-                   sort_keys=True, default=str).encode()).hexdigest()[:12]
+        json.dumps({"points": points.to_pylist(), "form": form, "n_boot": n_boot, "seed": seed,
+                    "method": FIT_METHOD}, sort_keys=True, default=str).encode()).hexdigest()[:12]
     key = f"{study_name}/fit/{digest}"
     existing = tracker.find_run(key)
     if existing is not None and existing.data.tags.get("dlor.complete") == "1":
@@ -84,11 +92,18 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
         fam = row["family"]
         for k in ("alpha", "alpha_lo", "alpha_hi", "E", "A", "extrapolation_max_rel_err"):
             finals[f"{fam}.{k}"] = row[k]
-        finals[f"{fam}.extrapolation_ok"] = float(bool(row["extrapolation_ok"]))
+        ok = row["extrapolation_ok"]  # True / False / None ("n/a" → NaN, never a pass)
+        finals[f"{fam}.extrapolation_ok"] = math.nan if ok is None or ok != ok else float(bool(ok))
+        finals[f"{fam}.alpha_identified"] = float(bool(row["alpha_identified"]))
+        finals[f"{fam}.n_excluded"] = float(len(row["excluded_budgets"]))
     comps = comparisons(curves)
     for name, c in comps.items():
         if "delta_alpha" in c:
-            finals[f"{name.replace(' ', '_')}.delta_alpha"] = c["delta_alpha"]
+            key = name.replace(' ', '_')
+            finals[f"{key}.delta_alpha"] = c["delta_alpha"]
+            finals[f"{key}.identified"] = float(bool(c.get("identified")))
+            if c.get("delta_alpha_ci"):
+                finals[f"{key}.delta_alpha_lo"], finals[f"{key}.delta_alpha_hi"] = c["delta_alpha_ci"]
     run_id = tracker.get_or_create_run(key, name=f"fit {form}", kind="fit",
                                        parent_id=parent.info.run_id if parent else None,
                                        tags={"dlor.study": study_name, "fit.form": form})

@@ -207,15 +207,33 @@ def fit(
 
 
 def _curves_table(c) -> Table:
+    from rich.markup import escape  # "[0, 5]" in a cell would otherwise be read as markup
+
     t = Table(title=f"scaling laws: {c.study} ({c.form})")
-    for col in ("family", "points", "alpha [95% CI]", "E", "A", "extrapolation", "flags"):
+    for col in ("family", "points", "alpha [95% CI]", "E", "A", "extrapolation", "excluded", "flags"):
         t.add_column(col)
     for _, r in c.to_pandas().iterrows():
-        t.add_row(r["family"], str(r["n_points"]), f"{r['alpha']:.3f} [{r['alpha_lo']:.3f}, {r['alpha_hi']:.3f}]",
-                  f"{r['E']:.3g}", f"{r['A']:.3g}",
-                  {True: "ok", False: "FAILED", None: "—"}.get(r["extrapolation_ok"], "—"),
-                  "; ".join(r["flags"]))
+        alpha = "—" if r["alpha"] != r["alpha"] else escape(
+            f"{r['alpha']:.3f} [{r['alpha_lo']:.3f}, {r['alpha_hi']:.3f}]")
+        if r["alpha"] == r["alpha"] and not r.get("alpha_identified", True):
+            alpha += " NOT IDENTIFIED"  # CI on the fit's bounds: the number is not evidence
+        ex = r["extrapolation_ok"]
+        ex = "n/a" if ex is None or ex != ex else ("ok" if ex else "FAILED")
+        t.add_row(r["family"], str(r["n_points"]), alpha, f"{r['E']:.3g}", f"{r['A']:.3g}", ex,
+                  escape(", ".join(r.get("excluded_reasons", [])) or "—"), escape("; ".join(r["flags"])))
     return t
+
+
+def _comparison_line(name: str, cmp: dict) -> str:
+    """One family pair: Δα with its CI and verdict, or why there is none."""
+    if "delta_alpha" not in cmp:
+        return f"{name}: no comparison ({cmp.get('error', 'no fit')})"
+    if not cmp.get("identified", True) or not cmp.get("delta_alpha_ci"):
+        return f"{name}: Δα not identified ({cmp.get('why') or 'no bootstrap CI'})"
+    lo, hi = cmp["delta_alpha_ci"]
+    x = cmp.get("crossover")
+    return (f"{name}: Δα = {cmp['delta_alpha']:.3f} [{lo:.3f}, {hi:.3f}] → {cmp.get('verdict')}, "
+            f"P(first steeper) = {cmp['p_a_steeper']:.2f}, crossover = {'none' if x is None else f'{x:.4g}'}")
 
 
 @app.command()
@@ -252,10 +270,7 @@ def curves(
             if _units_line(c.units):
                 out.print(_units_line(c.units), highlight=False)
             for name, cmp in comparisons(c).items():
-                if "delta_alpha" in cmp:
-                    lo, hi = cmp["delta_alpha_ci"]
-                    out.print(f"{name}: Δα = {cmp['delta_alpha']:.3f} [{lo:.3f}, {hi:.3f}], "
-                              f"P(first steeper) = {cmp['p_a_steeper']:.2f}, crossover = {cmp.get('crossover')}")
+                out.print(_comparison_line(name, cmp), highlight=False)
             for p in predict:
                 for f in c:
                     pr = _pred(f, p)

@@ -770,10 +770,12 @@ def fit_law(P, L, *, family: str = "", form: str = "saturating", stderr=None,
         fit.alpha2, fit.P_break = float(vals["alpha2"]), float(vals["P_break"])
     if fit.boot.shape[0]:
         for nm, (a, b) in fit.ci(level).items():
-            if nm in ("alpha", "alpha2") and (a <= 1e-9 or b >= ALPHA_MAX - 1e-6):
-                flags.append(f"{nm} CI reaches its bound ({a:.3g}, {b:.3g}): too few or too "
-                             "noisy points to bound the exponent")
-    if not fit.alpha_identified:
+            if nm in ("alpha", "alpha2") and nm not in at_bounds and (
+                    a <= 1e-9 or b >= ALPHA_MAX - 1e-6):
+                flags.append(f"exponent not identified: {nm}'s {level:.0%} CI [{a:.3g}, "
+                             f"{b:.3g}] reaches the fit's bounds [0, {ALPHA_MAX:g}] (too few or "
+                             "too noisy points to bound it)")
+    if not fit.alpha_identified and not any("not identified" in f for f in flags):
         flags.append(f"exponent not identified: {fit.identification}")
     return fit
 

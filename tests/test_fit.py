@@ -311,7 +311,7 @@ def test_unidentified_exponent_gives_na_and_compare_says_not_identified(seed):
     flat = fit_law(P8, flat_errors(seed), family="dense", n_boot=300)
     assert flat.alpha_identified is False
     assert "bound" in flat.identification
-    assert any(f.startswith("exponent not identified") for f in flat.flags)
+    assert any("not identified" in f for f in flat.flags)
     ex = extrapolation_check(P8, flat_errors(seed), family="dense", n_boot=300)
     assert ex["ok"] is None and ex["verdict"] == "n/a"
     assert "not identified" in ex["reason"]
