@@ -80,6 +80,16 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
               f"{plan.total_trials} cohort units, {plan.total_members} members")
     if _data_line(data):
         out.print(_data_line(data), highlight=False)
+    _plan_remarks(plan)
+
+
+def _plan_remarks(plan) -> None:
+    """Shape warnings (untrainable cells, changing fixed axes) and designed growth notes."""
+    from rich.markup import escape
+    for w in plan.warnings:
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    for n in plan.notes:
+        out.print(f"note: {escape(n)}", highlight=False)
 
 
 @app.command()
@@ -107,8 +117,7 @@ def launch(
             out.print(plan_table(plan))
             if _data_line(data):
                 out.print(_data_line(data), highlight=False)
-            for w in getattr(plan, "warnings", ()):
-                out.print(f"[yellow]warning:[/] {w}")
+            _plan_remarks(plan)
             out.print(f"{len(plan.cells)} cells, {plan.total_trials} cohort units, {plan.total_members} members; "
                       f"resources per unit: cpu={study.resources.cpu} gpu={study.resources.gpu}")
             out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}")

@@ -210,15 +210,31 @@ def count_params(shape: Shape) -> Counts:
 
 # ----------------------------------------------------------------------------- init
 
-def init_member(shape: Shape, seed: int, init_scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """One member's float32 parameters, a pure function of (shape, seed, init_scale).
+#: Init of the DLoR hidden layers' ``U`` (see `init_member`): ``standard`` or ``identity``.
+INIT_SCHEMES = ("standard", "identity")
+DEFAULT_INIT = "identity"
+
+
+def init_member(shape: Shape, seed: int, init_scale: float = 1.0,
+                scheme: str | None = None) -> dict[str, torch.Tensor]:
+    """One member's float32 parameters, a pure function of (shape, seed, init_scale, scheme).
 
     Drawn on the CPU from a private generator so a member's weights do not depend on
     which cohort slot or device it lands in (this is what makes refill exact).
     Scales keep activations O(1): dense/V ~ N(0, 1/n_in); U ~ N(0, 1/r)·scale so the
     low-rank path has variance ≈ scale²; diagonals start at 1 (identity, residual-like)
     and biases at 0.
+
+    ``scheme="identity"`` (near-identity) divides the ``U`` of DLoR hidden layers
+    (``dlor_deep``/``dlor_wide``) by √depth, so each factor starts as αI plus a
+    perturbation of size scale/√L and the stack's product stays O(1) however deep;
+    ``None`` means `DEFAULT_INIT`. Same draws either way (only a rescale), so the
+    two schemes differ in exactly one thing. benchmarks/depth_trainability.py measures both.
     """
+    scheme = DEFAULT_INIT if scheme is None else scheme
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")
+    dlor_u = 1.0 / math.sqrt(max(shape.depth, 1)) if scheme == "identity" else 1.0
     g = torch.Generator().manual_seed(int(seed))
     out: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(shape.layers()):
@@ -229,7 +245,8 @@ def init_member(shape: Shape, seed: int, init_scale: float = 1.0) -> dict[str, t
             elif name == "V":
                 t = torch.randn(shp, generator=g) / math.sqrt(layer.n_in)
             elif name == "U":
-                t = torch.randn(shp, generator=g) * (init_scale / math.sqrt(layer.rank))
+                u = dlor_u if layer.kind == "dlor" else 1.0
+                t = torch.randn(shp, generator=g) * (init_scale * u / math.sqrt(layer.rank))
             elif name == "d":
                 t = torch.ones(shp)
             else:

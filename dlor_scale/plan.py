@@ -65,9 +65,15 @@ class Plan:
     cells: tuple[Cell, ...]
     d_in: int
     d_out: int
-    #: Budget-solver notes for the dry run: where a family's fixed axes had to change
-    #: between budgets (policy ``axis``), one line each, prefixed ``families.<label>``.
+    #: Budget-solver warnings for the dry run, one line each: cells whose shape breaks a
+    #: trainability rule (``cell <label>@<budget> (…): reason; fix: …``, see
+    #: `budget.ShapeRules`), then where a family's fixed axes had to change between
+    #: budgets (policy ``axis``, prefixed ``families.<label>:``). ``strict`` studies
+    #: refuse to load instead.
     warnings: tuple[str, ...] = ()
+    #: Designed, not a problem: where a DLoR family's growth axis ran out (depth cap,
+    #: branches = width) and width grows instead, prefixed ``families.<label>:``.
+    notes: tuple[str, ...] = ()
 
     @property
     def total_members(self) -> int:
@@ -123,12 +129,18 @@ def cohort_slots(cohort_size: int | str, trials: int) -> int:
 
 
 def make_plan(study: Study) -> Plan:
-    """Solve every family's budgets together, share out each cell's trials (deterministic)."""
-    cells, warnings = [], []
+    """Solve every family's budgets together, share out each cell's trials (deterministic).
+
+    The solver keeps each family's trainability rules (`Study.solve_kwargs`), so a
+    breaking shape is planned only where the spec's ranges leave nothing else, and
+    then it is in ``Plan.warnings``.
+    """
+    cells, warnings, notes = [], [], []
     n_shapes = min(study.shapes_per_cell, study.trials_per_cell)
     for label, fam in study.families.items():
         sol = budget_solver.solve_family(fam.family, study.budgets, limit=n_shapes, **study.solve_kwargs(label))
-        warnings += [f"families.{label}: {w}" for w in sol.warnings]
+        warnings += budget_solver.plan_warnings(label, fam.family, sol)
+        notes += [f"families.{label}: {n}" for n in sol.notes]
         for b in study.budgets:
             cands = sol[b]
             shares = split_trials(study.trials_per_cell, len(cands))
@@ -137,4 +149,4 @@ def make_plan(study: Study) -> Plan:
                 for c, n in zip(cands, shares)
             )
             cells.append(Cell(label, fam.family, b, shapes))
-    return Plan(study, tuple(cells), study.d_in, study.d_out, tuple(warnings))
+    return Plan(study, tuple(cells), study.d_in, study.d_out, tuple(warnings), tuple(notes))

@@ -72,24 +72,84 @@ def test_quickstart_is_small(qs_plan):
                for c in qs_plan.cells for sp in c.shapes)
 
 
-def test_quickstart_holds_each_familys_fixed_axes_over_all_budgets(quickstart, qs_plan):
-    """Policy axis: one structure per family, only its growth axis changes with the budget."""
-    assert quickstart.policy == "axis" and qs_plan.warnings == ()
-    for label, fam in quickstart.families.items():
-        cells = [c for c in qs_plan.cells if c.label == label]
-        fixed = {tuple(getattr(c.shapes[0].shape, a) for a in fixed_axes(fam.family)) for c in cells}
-        assert len(fixed) == 1, (label, fixed)
-        growth = [getattr(c.shapes[0].shape, GROWTH_AXIS[fam.family]) for c in cells]
-        assert growth == sorted(growth) and len(set(growth)) == len(growth)
+SHIPPED = ["budget", *(f"paper/{p.stem}" for p in sorted((STUDIES / "paper").glob("*.yaml")))]
 
 
-def test_budget_study_lists_where_fixed_axes_change():
+@pytest.mark.parametrize("name", [
+    pytest.param("quickstart", marks=pytest.mark.xfail(
+        reason="the quickstart predates the shape rules; its redesign (issue 11 item 5) is pending")),
+    *SHIPPED])
+def test_shipped_studies_plan_only_trainable_shapes(name):
+    """Every planned cell keeps the rules (depth ≤ max_depth, branches·rank ≤ width) and
+    no family's fixed axes change unplanned: the dry run has no warning."""
+    study = load_study(STUDIES / f"{name}.yaml")
+    plan = make_plan(study)
+    assert plan.warnings == ()
+    for c in plan.cells:
+        rules = study.solve_kwargs(c.label)["rules"]
+        assert all(rules.ok(sp.shape) for sp in c.shapes), c.key
+
+
+def test_budget_study_grows_dlor_depth_and_branches_then_width():
+    """The headline study: dense/lowrank one structure each; the DLoR families grow their
+    own axis at one width until it runs out, then width (a note each, not a warning)."""
     plan = make_plan(load_study(STUDIES / "budget.yaml"))
-    assert plan.study.policy == "axis"
-    changed = {w.split(":", 1)[0] for w in plan.warnings}
-    assert changed == {"families.lowrank", "families.dlor_deep", "families.dlor_wide"}
-    widths = [c.shapes[0].shape.width for c in plan.cells if c.label == "dlor_wide"]
-    assert widths == sorted(widths) and len(set(widths)) == 2
+    assert plan.study.policy == "axis" and plan.warnings == ()
+    assert [n.split(":", 1)[0] for n in plan.notes] == ["families.dlor_deep", "families.dlor_wide"]
+    for label in ("dense", "lowrank"):
+        cells = [c.shapes[0].shape for c in plan.cells if c.label == label]
+        fam = plan.study.families[label].family
+        assert len({tuple(getattr(s, a) for a in fixed_axes(fam)) for s in cells}) == 1
+        growth = [getattr(s, GROWTH_AXIS[fam]) for s in cells]
+        assert growth == sorted(growth)
+    for label, axis in (("dlor_deep", "depth"), ("dlor_wide", "branches")):
+        shapes = [c.shapes[0].shape for c in plan.cells if c.label == label]
+        grown = [getattr(s, axis) for s in shapes]
+        widths = [s.width for s in shapes]
+        assert grown == sorted(grown) and widths == sorted(widths), label
+        # first the family's own axis grows at one width, then only width grows
+        k = widths.count(widths[0])
+        assert 1 < k < len(shapes), (label, widths)
+        assert len(set(grown[:k])) == k and len(set(grown[k:])) == 1, (label, grown)
+        assert len(set(widths[k - 1:])) == len(shapes) - k + 1, (label, widths)
+
+
+def _forced_study(tmp_path, families, budgets, strict=False):
+    data = yaml.safe_load((STUDIES / "quickstart.yaml").read_text())
+    data.update(families=families, budgets=budgets, strict=strict, sampler={"kind": "random"},
+                output_dir=str(tmp_path / "runs"))
+    path = tmp_path / ("strict.yaml" if strict else "forced.yaml")
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("families, budget, cell, reason", [
+    # d_in 4: dlor_deep at width 8 has 49 + 25·L parameters, so 1549 forces depth 60
+    ({"dlor_deep": {"width": 8, "depth": {"min": 1, "max": 128}, "rank": 1, "diag": "scalar"}},
+     1549, "dlor_deep@1549", "depth 60 > max_depth"),
+    # dlor_wide at width 8 has 58 + 16·K parameters, so 250 forces 12 branches
+    ({"dlor_wide": {"width": 8, "depth": 1, "rank": 1, "branches": {"min": 1, "max": 64}, "diag": "scalar"}},
+     250, "dlor_wide@250", "branches·rank 12·1 = 12 > width 8"),
+])
+def test_validate_and_dry_run_warn_and_strict_refuses(tmp_path, families, budget, cell, reason):
+    """The planner warns for a cell the spec's ranges force past a rule, naming the cell,
+    the reason and the fix; ``strict: true`` makes it an error (exit 2)."""
+    from typer.testing import CliRunner
+
+    from dlor_scale.cli import app
+    path = _forced_study(tmp_path, families, [budget])
+    for args in (["validate", str(path)], ["launch", str(path), "--dry-run"]):
+        res = CliRunner().invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 0, res.output
+        assert f"warning: cell {cell} (" in text and reason in text and "fix: allow wider widths" in text
+    strict = _forced_study(tmp_path, families, [budget], strict=True)
+    for args in (["validate", str(strict)], ["launch", str(strict), "--dry-run"]):
+        res = CliRunner().invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert f"strict: cell {cell} (" in text and reason in text
+    assert not (tmp_path / "runs").exists()
 
 
 def test_table_rows(quickstart, qs_plan):

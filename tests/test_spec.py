@@ -474,3 +474,72 @@ def test_json_schema_describes_the_file():
     assert {"name", "target", "budgets", "families", "search_space"} <= set(schema["required"])
     assert schema["additionalProperties"] is False
     assert Study.model_json_schema() == schema
+
+
+# --------------------------------------------------------------------------- trainable shapes (max_depth, K·r ≤ width, strict)
+
+from dlor_scale.budget import DEFAULT_MAX_DEPTH  # noqa: E402
+
+# d_in 2, d_out 1: dlor_deep at width 4 has 17 + 13·L parameters; 17 + 13·40 = 537.
+DEEP_ONLY = {"dlor_deep": {"width": 4, "depth": {"min": 1, "max": 60}, "rank": 1, "diag": "scalar"}}
+WIDE_ONLY = {"dlor_wide": {"width": 4, "depth": 1, "rank": 1, "branches": {"min": 1, "max": 40}, "diag": "scalar"}}
+
+
+def test_max_depth_defaults_to_the_measured_cap_for_dlor_only():
+    s = parse_study(spec(), SRC)
+    assert s.families["dlor_deep"].max_depth == "auto"
+    assert s.families["dlor_deep"].resolved_max_depth() == DEFAULT_MAX_DEPTH
+    assert s.families["dense"].resolved_max_depth() is None
+    assert s.solve_kwargs("dlor_deep")["rules"].max_depth == DEFAULT_MAX_DEPTH
+    lifted = parse_study(with_family("dlor_deep", max_depth=None), SRC)
+    assert lifted.families["dlor_deep"].resolved_max_depth() is None
+    assert parse_study(with_family("dense", max_depth=2), SRC).families["dense"].resolved_max_depth() == 2
+    assert s.strict is False
+
+
+@pytest.mark.parametrize("value, allowed", [(-1, "≥ 0"), ("deep", "auto")])
+def test_max_depth_must_be_a_depth_auto_or_null(value, allowed):
+    with pytest.raises(SpecError) as info:
+        parse_study(with_family("dlor_deep", max_depth=value), SRC)
+    assert "families.dlor_deep.max_depth" in str(info.value) and info.value.exit_code == 2
+
+
+def _forced(families, budgets, **more):
+    """Random sampler: strict also refuses search settings that cannot learn (BASE's TPE)."""
+    return spec(families=families, budgets=budgets, tolerance=0.02, sampler={"kind": "random"}, **more)
+
+
+def test_depth_past_the_cap_warns_and_strict_refuses():
+    depth = DEFAULT_MAX_DEPTH + 4
+    budget = 17 + 13 * depth        # width 4 only: the ranges force this depth
+    s = parse_study(_forced(DEEP_ONLY, [budget]), SRC)  # a warning, not an error …
+    from dlor_scale.plan import make_plan
+    (line,) = make_plan(s).warnings
+    assert line.startswith(f"cell dlor_deep@{budget} (dlor_deep-w4-L{depth}-r1-K1-scalar): "
+                           f"depth {depth} > max_depth {DEFAULT_MAX_DEPTH}")
+    assert "fix: allow wider widths (families.dlor_deep.width)" in line
+    with pytest.raises(SpecError) as info:  # … which strict makes an error (exit 2)
+        parse_study(_forced(DEEP_ONLY, [budget], strict=True), SRC)
+    msg = str(info.value)
+    assert f"families.dlor_deep: strict: cell dlor_deep@{budget}" in msg and "max_depth" in msg
+    assert info.value.exit_code == 2
+    # raising the cap (a measured choice) makes it legal again, strict or not
+    ok = _forced({"dlor_deep": {**DEEP_ONLY["dlor_deep"], "max_depth": depth}}, [budget], strict=True)
+    assert make_plan(parse_study(ok, SRC)).warnings == ()
+
+
+def test_branches_past_width_warns_and_strict_refuses():
+    budget = count_wide = 2 * 4 + 4 + 4 + 1 + (1 + 4 + 2 * 4 * 9)  # width 4, K 9 > 4: 94
+    from dlor_scale.plan import make_plan
+    (line,) = make_plan(parse_study(_forced(WIDE_ONLY, [count_wide]), SRC)).warnings
+    assert line.startswith(f"cell dlor_wide@{budget} (dlor_wide-w4-L1-r1-K9-scalar): branches·rank 9·1 = 9 > width 4")
+    assert "fix: allow wider widths (families.dlor_wide.width)" in line
+    with pytest.raises(SpecError, match=r"families\.dlor_wide: strict: cell dlor_wide@94 .*> width 4") as info:
+        parse_study(_forced(WIDE_ONLY, [budget], strict=True), SRC)
+    assert info.value.exit_code == 2
+
+
+def test_strict_accepts_a_spec_whose_cells_all_keep_the_rules():
+    s = parse_study(spec(strict=True, sampler={"kind": "random"}), SRC)
+    from dlor_scale.plan import make_plan
+    assert make_plan(s).warnings == ()
