@@ -996,7 +996,7 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
                 users_ok = False
                 used = [a for a, fs in AXIS_USERS.items() if fam.family in fs]
                 bad(f"families.{label}.{axis}", f"family {fam.family} has no {axis}",
-                    raw["families"][label][axis], allowed=used + ["family", "io"])
+                    raw["families"][label][axis], allowed=used + ["family", "io", "max_depth"])
         if fam.grid_size() > MAX_GRID:
             users_ok = False
             bad(f"families.{label}", f"the ranges span {fam.grid_size():,} shapes (limit {MAX_GRID:,}); "
