@@ -77,22 +77,32 @@ def minimize(loss_fn: LossFn, x0: torch.Tensor, *, iterations: int, history: int
             d[bad] = -g[bad]
             slope = torch.where(bad, -_dot(g, g), slope)
         d[~active] = 0
-        # backtracking Armijo line search, per member
+        # backtracking Armijo line search, per member; the first trial point is evaluated
+        # with its gradient (usually accepted: one pass per iteration, as torch's LBFGS)
         t = torch.where(torch.full_like(f, it == 1, dtype=torch.bool),
                         (1.0 / g.abs().sum(-1).clamp_min(1e-12)).clamp(max=1.0), torch.ones_like(f))
-        accepted = ~active
-        x_new, f_new = x.clone(), f.clone()
+        trial = x + t[:, None] * d
+        ft, gt = value_and_grad(loss_fn, trial)
+        ok = active & torch.isfinite(ft) & (ft <= f + 1e-4 * t * slope)
+        x_new = torch.where(ok[:, None], trial, x)
+        f_new = torch.where(ok, ft, f)
+        g_new = torch.where(ok[:, None], gt, g)
+        accepted = ok | ~active
+        late = torch.zeros_like(ok)              # accepted after backtracking: grad needed
         for _ in range(max_halvings):
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t * 0.5)
             trial = x + t[:, None] * d
             ft = loss_fn(trial)
             ok = (~accepted) & torch.isfinite(ft) & (ft <= f + 1e-4 * t * slope)
             x_new[ok], f_new[ok] = trial[ok], ft[ok]
             accepted |= ok
-            if bool(accepted.all()):
-                break
-            t = torch.where(accepted, t, t * 0.5)
+            late |= ok
+        if bool(late.any()):
+            _, gl = value_and_grad(loss_fn, x_new)
+            g_new[late] = gl[late]
         stalled = active & ~accepted             # no decrease found: converged (or stuck)
-        _, g_new = value_and_grad(loss_fn, x_new)
         s, y = x_new - x, g_new - g
         sy = _dot(s, y)
         good = active & accepted & (sy > 1e-12 * _dot(y, y).clamp_min(1e-300))

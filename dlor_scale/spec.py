@@ -508,6 +508,17 @@ class EarlyStopping(_Model):
     min_delta: Annotated[Float, Field(ge=0, lt=1)] = Field(1e-3, description="relative improvement that counts")
 
 
+class QuasiNewtonFinish(_Model):
+    """Finish members with batched float64 L-BFGS after their Adam epochs: Adam stalls at a
+    size-independent floor that flattens scaling curves; a quasi-Newton finish reaches the
+    capacity floor of small nets (Michaud et al. 2023). Costly, so by default only the
+    confirmation runs (the ones a scaling point is read from) are finished."""
+
+    iterations: Annotated[Int, Field(ge=1, le=100_000)] = Field(500, description="L-BFGS iterations")
+    history: Annotated[Int, Field(ge=1, le=200)] = Field(20, description="(s, y) pairs kept")
+    search: bool = Field(False, description="also finish search-phase members")
+
+
 class Resources(_Model):
     """Ray resources of one trial (one cohort). Fractional GPUs share a device."""
 
@@ -553,6 +564,7 @@ class Study(_Model):
         "cosine", description="lr decay over each member's epochs (constant Adam plateaus at an optimiser floor)")
     lr_floor: Annotated[Float, Field(ge=0, le=1)] = Field(0.01, description="cosine ends at lr × lr_floor")
     early_stopping: EarlyStopping | None = Field(EarlyStopping(), description="null → every member runs all epochs")
+    finish: QuasiNewtonFinish | None = Field(None, description="L-BFGS finish after Adam; null → none")
     batch_size: PosInt | None = Field(None, description="minibatch size; null = full batch")
     report_every: PosInt = Field(10, description="epochs between validation reports (pruning checks)")
     threshold: Annotated[Float, Field(gt=0)] | None = Field(None, description="error level whose first-reach epoch is recorded")

@@ -121,6 +121,12 @@ class TeacherTarget(_SyntheticBase):
     widths: list[Annotated[int, Field(ge=1)]] = [32, 32]
     activation: Literal["tanh", "relu", "gelu", "silu", "softplus", "sigmoid"] = "tanh"
     d_out: int = Field(1, ge=1)
+    gain: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False,
+                        description="scale of the teacher's hidden weights and biases: 1 keeps "
+                                    "pre-activations O(1/√3) on [-1, 1] inputs (a nearly linear "
+                                    "tanh teacher); larger gains make a rougher function that "
+                                    "small students cannot fit, so capacity, not the optimiser, "
+                                    "sets their error")
 
 
 class SawtoothTarget(_SyntheticBase):
@@ -225,9 +231,10 @@ def _teacher(target: TeacherTarget):
     g = _generator(target.seed, _STREAM_WEIGHTS)
     sizes = [target.d_in, *target.widths, target.d_out]
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        w = torch.randn(fan_in, fan_out, generator=g, dtype=torch.float64) / math.sqrt(fan_in)
-        b = torch.randn(fan_out, generator=g, dtype=torch.float64) * _TEACHER_BIAS_STD
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        gain = target.gain if i < len(sizes) - 2 else 1.0    # hidden layers only
+        w = torch.randn(fan_in, fan_out, generator=g, dtype=torch.float64) * (gain / math.sqrt(fan_in))
+        b = torch.randn(fan_out, generator=g, dtype=torch.float64) * (_TEACHER_BIAS_STD * gain)
         layers.append((w, b))
     act = activation_fn(target.activation)
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DlorError, SpecError
+from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan
 from .tracking import Tracker, code_version
 from .units import check_same_data, scale_params
@@ -194,7 +194,12 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
 
     def trainable(config):
         c = ray.get(ctx_ref) if isinstance(ctx_ref, ray.ObjectRef) else ctx_ref
-        out = run_unit(c, by_id[config["unit"]], report=tune.report)
+        try:
+            out = run_unit(c, by_id[config["unit"]], report=tune.report)
+        except (DataError, SpecError) as exc:   # deterministic: a retry cannot help
+            tune.report({"done": True, "fatal": f"{type(exc).__name__}: {exc}",
+                         "fatal_exit_code": exc.exit_code})
+            return
         tune.report({**out, "done": True})
 
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu or 0}
@@ -215,11 +220,17 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         results = tuner.fit()
-    failed = []
+    failed, fatal = [], []
     for r in results:
-        if r.error is not None:
+        if (r.metrics or {}).get("fatal"):
+            fatal.append((r.config["unit"], r.metrics["fatal"]))
+        elif r.error is not None:
             failed.append(r.config["unit"])
             log.error("unit %s failed: %s", r.config["unit"], r.error)
+    if fatal:
+        unit, msg = fatal[0]
+        more = f" (and {len(fatal) - 1} more unit(s))" if len(fatal) > 1 else ""
+        raise DataError(f"unit {unit} stopped on a deterministic error{more}, not retried: {msg}")
     return failed
 
 

@@ -261,7 +261,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                     device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"],
                     schedule=study.schedule, lr_floor=study.lr_floor,
                     patience=study.early_stopping.patience if study.early_stopping else None,
-                    min_delta=study.early_stopping.min_delta if study.early_stopping else 0.0)
+                    min_delta=study.early_stopping.min_delta if study.early_stopping else 0.0,
+                    **_finish_kwargs(study, unit["phase"]))
     settings.update(getattr(cohort, "settings", {}) or {})
     node = node_id()
     beat = Heartbeat(study_dir / "heartbeats" / f"{safe(unit['id'])}.json",
@@ -283,6 +284,14 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         atomic_write_bytes(files.done, json.dumps(out).encode())
         files.checkpoint.unlink(missing_ok=True)
     return out
+
+
+def _finish_kwargs(study, phase: str) -> dict:
+    """Cohort arguments of the L-BFGS finish for this phase (confirm always, search if asked)."""
+    fin = study.finish
+    if fin is None or (phase == "search" and not fin.search):
+        return {}
+    return {"finish_iterations": fin.iterations, "finish_history": fin.history}
 
 
 def _sampler(study, unit):
