@@ -27,13 +27,32 @@ from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadat
 FIT_METHOD = "bc-t/1"
 
 
-def load_curves(study: str, tracking_uri: str | None = None, *, form: str = "saturating",
+def study_fit_form(study: str) -> str:
+    """The law the study's spec asks for (``fit_form``), read from its ``study.json`` or spec
+    file; ``saturating`` when neither is found (e.g. a study known only to MLflow)."""
+    import json
+    import os
+    p = Path(study)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        from .spec import load_study
+        return load_study(p).fit_form
+    for info in (p / "study.json", Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"):
+        try:
+            return json.loads(info.read_text())["spec"].get("fit_form", "saturating")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return "saturating"
+
+
+def load_curves(study: str, tracking_uri: str | None = None, *, form: str | None = None,
                 n_boot: int = 1000, seed: int = 0, units: str = "standardized") -> Curves:
     """`dlor_scale.curves(...)`: fitted scaling curves of a study, per family label.
 
+    ``form`` defaults to the study's ``fit_form``.
     ``units="target"`` reports errors (points, E, A, predictions) in the target's own units
     (see `units`); α is unchanged. ``curves.units`` says which units and the factor used.
     """
+    form = form or study_fit_form(study)
     tracker = study_tracker(study, tracking_uri)
     info = study_units(tracker, units)
     points = scale_columns(points_from_runs(member_runs(tracker)), ("error", "stderr"), info["factor"])

@@ -200,16 +200,17 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
 def fit(
     study: str = typer.Argument(..., help="study name, folder, or spec file"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the study's)"),
-    form: str = typer.Option("saturating", help="saturating | power | broken"),
+    form: Optional[str] = typer.Option(None, help="saturating | power | broken (default: the spec's fit_form)"),
     n_boot: int = typer.Option(1000, help="bootstrap resamples"),
     seed: int = typer.Option(0, help="bootstrap seed"),
 ):
     """(Re)fit the study's scaling laws and record them as an MLflow fit run."""
     try:
-        from .analysis import fit_and_record
+        from .analysis import fit_and_record, study_fit_form
         from .records import study_tracker
         tracker = study_tracker(study, tracking_uri)
-        c = fit_and_record(tracker.experiment_name, tracker, form=form, n_boot=n_boot, seed=seed)
+        c = fit_and_record(tracker.experiment_name, tracker, form=form or study_fit_form(study),
+                           n_boot=n_boot, seed=seed)
     except DlorError as e:
         _fail(e)
     out.print(_curves_table(c))
@@ -253,6 +254,7 @@ def curves(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for --format parquet/json"),
     predict: list[float] = typer.Option([], "--predict", help="predict the error at P parameters (repeatable)"),
     n_boot: int = typer.Option(1000, help="bootstrap resamples"),
+    form: Optional[str] = typer.Option(None, "--form", help="saturating | power | broken (default: the spec's fit_form)"),
     units: str = typer.Option("standardized", "--units",
                               help="standardized (default: what was trained and fitted) | target (the "
                                    "target's own units, e.g. a Parquet column's; see docs/parquet.md)"),
@@ -261,7 +263,7 @@ def curves(
     try:
         from .analysis import comparisons, load_curves
         from .units import with_units_metadata
-        c = load_curves(study, tracking_uri, n_boot=n_boot, units=units)
+        c = load_curves(study, tracking_uri, n_boot=n_boot, units=units, form=form)
         if format == "json":
             doc = {**c.to_json(), "units": c.units, "comparisons": comparisons(c)}
             if predict:

@@ -565,6 +565,9 @@ class Study(_Model):
     lr_floor: Annotated[Float, Field(ge=0, le=1)] = Field(0.01, description="cosine ends at lr × lr_floor")
     early_stopping: EarlyStopping | None = Field(EarlyStopping(), description="null → every member runs all epochs")
     finish: QuasiNewtonFinish | None = Field(None, description="L-BFGS finish after Adam; null → none")
+    fit_form: Literal["saturating", "power", "broken"] = Field(
+        "saturating", description="law fitted per family: saturating E + A·P^-α (default), power A·P^-α "
+                                  "(E = 0: a noise-free target trained to capacity), broken (two exponents)")
     batch_size: PosInt | None = Field(None, description="minibatch size; null = full batch")
     report_every: PosInt = Field(10, description="epochs between validation reports (pruning checks)")
     threshold: Annotated[Float, Field(gt=0)] | None = Field(None, description="error level whose first-reach epoch is recorded")

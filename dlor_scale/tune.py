@@ -324,4 +324,4 @@ def _fit_study(study, tracker):
         from .analysis import fit_and_record
     except ImportError:
         return None
-    return fit_and_record(study.name, tracker)
+    return fit_and_record(study.name, tracker, form=study.fit_form)
