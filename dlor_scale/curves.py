@@ -109,8 +109,23 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
         rows.append({"family": family, "budget": int(budget),
                      "n_params": int(best["n_params_total"]), "error": err, "stderr": se,
                      "n_seeds": int(n), "best_trial": trial, "source": source,
-                     "flags": ",".join(_member_flags(best))})
+                     "flags": ",".join(_point_flags(best, ok))})
     return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
+
+
+def _point_flags(best, confirms) -> list[str]:
+    """The point's flags: ``lr_edge`` from the selected configuration; ``undertrained`` and
+    ``not_trained`` from the runs the error is read from — the confirm runs (a majority of
+    them) when there are any, else the selected search member."""
+    flags = _member_flags(best)
+    if len(confirms) == 0:
+        return flags
+    per_run = [_member_flags(r) for _, r in confirms.iterrows()]
+    flags = [f for f in flags if f.startswith("lr_edge")]
+    for f in ("undertrained", "not_trained"):
+        if 2 * sum(f in fl for fl in per_run) > len(per_run):
+            flags.append(f)
+    return flags
 
 
 def _member_flags(row) -> list[str]:

@@ -288,8 +288,34 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     result.counts = unit_totals(study_dir, units + cunits)
     if fit:
         result.fit = _fit_study(study, tracker)
+    close_cell_runs(ctx, tracker, result.fit)
     tracker.finish(ctx["study_run"])
     return result
+
+
+def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
+    """End every cell run FINISHED, tagged with its scaling point and diagnostics.
+
+    Why tags: a cell's verdict (its point, and flags such as ``undertrained``,
+    ``lr_edge:low``, ``not_trained`` that keep it out of the fit) must be visible where
+    people browse — the MLflow cell run — and tags are idempotent, so a relaunch that
+    closes the cells again writes nothing twice.
+    """
+    points: dict[str, dict] = {}
+    for fc in (curves or []):
+        for row in fc.points.to_pylist():
+            points[f"{row.get('family', fc.family)}@{row['budget']}"] = row
+    for key, run_id in ctx["cell_runs"].items():
+        row = points.get(key)
+        tags = {"dlor.flags": "no point" if row is None else (row.get("flags") or "none")}
+        if row is not None:
+            err = row.get("error")
+            tags["dlor.point_error"] = "nan" if err is None or err != err else f"{err:.6g}"
+            tags["dlor.point_n_params"] = row.get("n_params")
+            if row.get("source"):
+                tags["dlor.point_source"] = str(row["source"])[:250]
+        tracker.log_batch(run_id, tags=tags)
+        tracker.finish(run_id)
 
 
 def _confirm_done(study_dir: Path) -> bool:

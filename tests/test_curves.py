@@ -112,24 +112,29 @@ def diag_runs(**cols) -> pa.Table:
     return t
 
 
-def test_points_carry_cell_flags_of_the_selected_member():
+def test_points_carry_cell_flags_of_the_runs_they_are_read_from():
     t = diag_runs(
-        # dense@1000: the selected member (trial 2, run r3) is undertrained; the pruned
-        # trial's flags and the confirm runs' do not matter
-        undertrained={"r3": 1.0, "r2": 0.0, "r5": 1.0},
-        # dense@4000: selected trial 4 (r11) has its lr at the top of the range; trial 5's
-        # (not selected) low edge is ignored
+        # dense@1000: the point is read from trial 2's confirm runs r5–r7; two of three are
+        # undertrained → the point is; the pruned trial's flags do not matter
+        undertrained={"r3": 0.0, "r2": 1.0, "r5": 1.0, "r6": 1.0},
+        # dense@4000 (no confirm runs): selected trial 4 (r11) has its lr at the top of the
+        # range; trial 5's (not selected) low edge is ignored
         lr_edge={"r11": "high", "r10": "low", "r15": "low"},
-        # dlor_deep@4000 (r15): best_val 0.11 ≥ 0.9 × baseline 0.12 → not trained, and lr low
-        baseline_val={"r15": 0.12},
+        # dlor_deep@4000: read from confirm run r16, best_val 0.12 ≥ 0.9 × baseline 0.12 →
+        # not trained; lr_edge comes from the selected configuration (r15)
+        baseline_val={"r15": 0.12, "r16": 0.12},
     )
     rows = {(r["family"], r["budget"]): r for r in points_from_runs(t).to_pylist()}
     assert rows[("dense", 1000)]["flags"] == "undertrained"
     assert rows[("dense", 4000)]["flags"] == "lr_edge:high"
     assert rows[("dlor_deep", 4000)]["flags"] == "lr_edge:low,not_trained"
     assert rows[("dlor_deep", 1000)]["flags"] == ""  # no completed member: nothing to judge
+    # the selected search member alone undertrained, its confirm runs not: clean point
+    t1 = diag_runs(undertrained={"r3": 1.0, "r5": 1.0})
+    assert {(r["family"], r["budget"]): r["flags"] for r in points_from_runs(t1).to_pylist()}[
+        ("dense", 1000)] == ""
     # 0.9 × baseline is the line: just under it is clean
-    t2 = diag_runs(baseline_val={"r15": 0.11 / 0.9 + 1e-6})
+    t2 = diag_runs(baseline_val={"r16": 0.12 / 0.9 + 1e-6})
     assert {r["family"]: r["flags"] for r in points_from_runs(t2).to_pylist()
             if r["budget"] == 4000}["dlor_deep"] == ""
 
