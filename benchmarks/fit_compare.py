@@ -27,7 +27,8 @@ Part ``single``: fit_law vs a naive scipy curve_fit (log-space least squares, co
 CI) on one planted law (E=1e-3, A=2, α=0.5, budgets 1e2..1e6) in four noise scenarios.
 
 Run:  python benchmarks/fit_compare.py [--part calibration|single|all] [--reps 60]
-      [--n-boot 400] [--scenarios S1,S2,S3] [--out PATH]
+      [--n-boot 1000] [--scenarios S1,S2,S3] [--paths 1,2,3] [--before COMMIT] [--out PATH]
+(single-family rows come from path 1; each part/path is < 5 min on 2 shared cores)
 """
 
 from __future__ import annotations
@@ -85,45 +86,83 @@ def _points(P, La, Lb) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
 
 
-def run_path(path: str, sc: Planted, La, Lb, n_boot: int):
+def run_path(path: str, sc: Planted, La, Lb, n_boot: int, seed: int = 0):
     """(compare dict, fit_a, fit_b) through one public path."""
     if path == "Curves.compare":
         P = np.round(sc.P)
-        c = Curves.from_points(_points(P, La, Lb), n_boot=n_boot, seed=0)
+        c = Curves.from_points(_points(P, La, Lb), n_boot=n_boot, seed=seed)
         return c.compare("a", "b"), c["a"].fit, c["b"].fit
     fam = ("a", "b") if path == "fit.compare, same seed" else ("", "")
-    fa = fit_law(sc.P, La, family=fam[0], seed=0, n_boot=n_boot)
-    fb = fit_law(sc.P, Lb, family=fam[1], seed=0, n_boot=n_boot)
+    fa = fit_law(sc.P, La, family=fam[0], seed=seed, n_boot=n_boot)
+    fb = fit_law(sc.P, Lb, family=fam[1], seed=seed, n_boot=n_boot)
     return compare(fa, fb), fa, fb
 
 
-def calibration(reps: int, n_boot: int, scenarios: list[str]) -> tuple[list[dict], list[dict]]:
+def load_fit_module(commit: str):
+    """``dlor_scale/fit.py`` as it was at ``commit`` (git show), as a module: the "before"
+    rows run the old estimator on exactly the same planted data."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{commit}:dlor_scale/fit.py"], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    mod = types.ModuleType(f"fit_{commit}")
+    mod.__file__ = f"{commit}:dlor_scale/fit.py"
+    import sys
+
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up there
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def run_path_before(old, path: str, sc: Planted, La, Lb, n_boot: int, seed: int = 0):
+    """The old module through the old equivalents of the paths: fit.compare on two
+    fit_law(seed=0) calls (shared seed), and the Curves path (per-family seeds)."""
+    from dlor_scale.fit import _family_seed
+
+    if path == "Curves.compare":
+        seeds = (_family_seed(seed, "a"), _family_seed(seed, "b"))  # what curves.py did
+    else:
+        seeds = (seed, seed)
+    fa = old.fit_law(sc.P, La, family="a", seed=seeds[0], n_boot=n_boot)
+    fb = old.fit_law(sc.P, Lb, family="b", seed=seeds[1], n_boot=n_boot)
+    c = old.compare(fa, fb)
+    c.setdefault("identified", True)
+    return c, fa, fb
+
+
+def calibration(reps: int, n_boot: int, scenarios: list[str],
+                paths=PATHS, before=None, seed: int = 0) -> tuple[list[dict], list[dict]]:
     cmp_rows, alpha_rows = [], []
     for key in scenarios:
         sc = PLANTED[key]
         for case, alphas in CASES.items():
             truth = alphas[0] - alphas[1]
-            for path in PATHS:
+            for path in paths:
                 t0 = time.perf_counter()
                 est, lo, hi, ident, al = [], [], [], [], []
                 for r in range(reps):
                     La, Lb = planted_pair(sc, alphas, r)
-                    c, fa, fb = run_path(path, sc, La, Lb, n_boot)
+                    c, fa, fb = (run_path(path, sc, La, Lb, n_boot, seed) if before is None
+                                 else run_path_before(before, path, sc, La, Lb, n_boot, seed))
                     est.append(c["delta_alpha"])
                     ident.append(bool(c["identified"]))
                     ci = c["delta_alpha_ci"] or (math.nan, math.nan)
                     lo.append(ci[0])
                     hi.append(ci[1])
-                    if path == PATHS[0]:
+                    if path == paths[0]:
                         for f, a0 in ((fa, alphas[0]), (fb, alphas[1])):
                             a_lo, a_hi = f.ci()["alpha"]
-                            al.append((f.alpha, a_lo, a_hi, a0, f.alpha_identified))
+                            bias_b = float(np.median(f.boot[:, 2]) - f.alpha)
+                            idf = getattr(f, "alpha_identified", a_lo > 1e-9 and a_hi < 5 - 1e-6)
+                            al.append((f.alpha, a_lo, a_hi, bias_b, a0, idf))
                 est, lo, hi = map(np.asarray, (est, lo, hi))
                 has = np.isfinite(lo)
                 excl0 = has & ((lo > 0) | (hi < 0))
                 cover = has & (lo <= truth) & (truth <= hi)
                 cmp_rows.append({
-                    "scenario": key, "case": case, "path": path, "reps": reps,
+                    "scenario": key, "case": case, "reps": reps, "seed": seed,
+                    "path": path if before is None else f"{path} [before: {before.__file__}]",
                     "identified": float(np.mean(ident)),
                     "excl0": float(excl0.mean()), "cover": float(cover.mean()),
                     "sd": float(np.std(est)), "bias": float(np.mean(est) - truth),
@@ -131,14 +170,15 @@ def calibration(reps: int, n_boot: int, scenarios: list[str]) -> tuple[list[dict
                     "sec": (time.perf_counter() - t0) / reps,
                 })
                 print(_fmt_cmp(cmp_rows[-1]), flush=True)
-                for a0 in sorted({a for *_, a, _ in al}):
-                    x = np.array([row[:3] for row in al if row[3] == a0], dtype=float)
-                    idf = np.array([row[4] for row in al if row[3] == a0])
+                for a0 in sorted({row[4] for row in al}):
+                    x = np.array([row[:4] for row in al if row[4] == a0], dtype=float)
+                    idf = np.array([row[5] for row in al if row[4] == a0])
                     alpha_rows.append({
                         "scenario": key, "alpha": a0, "n": len(x),
                         "cover": float(np.mean((x[:, 1] <= a0) & (a0 <= x[:, 2]))),
                         "below": float(np.mean(x[:, 2] < a0)), "above": float(np.mean(x[:, 1] > a0)),
                         "bias": float(np.mean(x[:, 0]) - a0), "med_bias": float(np.median(x[:, 0]) - a0),
+                        "boot_bias": float(np.median(x[:, 3])),
                         "rmse": float(np.sqrt(np.mean((x[:, 0] - a0) ** 2))),
                         "width": float(np.median(x[:, 2] - x[:, 1])),
                         "identified": float(np.mean(idf)),
@@ -146,23 +186,26 @@ def calibration(reps: int, n_boot: int, scenarios: list[str]) -> tuple[list[dict
     return cmp_rows, alpha_rows
 
 
-CMP_HEADER = ("| scenario | planted | path | reps | identified | 95% CI excludes 0 | CI covers Δα "
-              "| sd Δα̂ | median CI width | s/pair |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+CMP_HEADER = ("| scenario | planted | path | seed | reps | identified | 95% CI excludes 0 "
+              "| CI covers Δα | sd Δα̂ | median CI width | s/pair |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 ALPHA_HEADER = ("| scenario | α | fits | 95% CI coverage | CI below α | CI above α | bias (mean) "
-                "| bias (median) | RMSE | median CI width | identified |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                "| bias (median) | bootstrap's median bias | RMSE | median CI width | identified |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def _fmt_cmp(r: dict) -> str:
     planted = "α 0.4 = 0.4" if r["case"] == "equal" else "Δα = 0.2"
-    return (f"| {r['scenario']} | {planted} | {r['path']} | {r['reps']} | {r['identified']:.0%} | "
+    return (f"| {r['scenario']} | {planted} | {r['path']} | {r['seed']} | {r['reps']} | "
+            f"{r['identified']:.0%} | "
             f"{r['excl0']:.1%} | {r['cover']:.1%} | {r['sd']:.3f} | {r['width']:.3f} | "
             f"{r['sec']:.2f} |")
 
 
 def _fmt_alpha(r: dict) -> str:
     return (f"| {r['scenario']} | {r['alpha']} | {r['n']} | {r['cover']:.1%} | {r['below']:.1%} | "
-            f"{r['above']:.1%} | {r['bias']:+.3f} | {r['med_bias']:+.3f} | {r['rmse']:.3f} | "
+            f"{r['above']:.1%} | {r['bias']:+.3f} | {r['med_bias']:+.3f} | {r['boot_bias']:+.3f} | "
+            f"{r['rmse']:.3f} | "
             f"{r['width']:.3f} | {r['identified']:.0%} |")
 
 
@@ -172,11 +215,13 @@ def goals(cmp_rows: list[dict]) -> list[str]:
     for r in cmp_rows:
         if r["case"] == "equal":
             ok = r["excl0"] <= 0.10
-            out.append(f"- {r['scenario']} {r['path']}: false-positive rate {r['excl0']:.1%} "
+            out.append(f"- {r['scenario']} {r['path']} (seed {r['seed']}): false-positive rate "
+                       f"{r['excl0']:.1%} "
                        f"(goal ≤ 10%): {'met' if ok else 'MISSED'}")
         else:
             ok = 0.90 <= r["cover"] <= 0.98
-            out.append(f"- {r['scenario']} {r['path']}: Δα = 0.2 coverage {r['cover']:.1%} "
+            out.append(f"- {r['scenario']} {r['path']} (seed {r['seed']}): Δα = 0.2 coverage "
+                       f"{r['cover']:.1%} "
                        f"(goal 90–98%): {'met' if ok else 'MISSED'}")
     return out
 
@@ -304,8 +349,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("calibration", "single", "all"), default="calibration")
     ap.add_argument("--reps", type=int, default=60)
-    ap.add_argument("--n-boot", type=int, default=400)
+    ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--scenarios", default="S1")
+    ap.add_argument("--before", default=None, metavar="COMMIT",
+                    help="run the calibration with dlor_scale/fit.py from this commit instead "
+                         "(paths 1 and 3 only: the old equivalents)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the user seed every fit is made with (fixed across replicates, as a "
+                         "user's is: its Monte Carlo error is common to all of them)")
+    ap.add_argument("--paths", default="all",
+                    help="comma-separated subset of 1,2,3 (the public paths, in the order above)")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the tables (markdown) here as well as to stdout")
     args = ap.parse_args()
@@ -313,7 +366,13 @@ def main() -> None:
     parts = []
     if args.part in ("calibration", "all"):
         print(CMP_HEADER)
-        cmp_rows, alpha_rows = calibration(args.reps, args.n_boot, args.scenarios.split(","))
+        paths = PATHS if args.paths == "all" else tuple(PATHS[int(i) - 1]
+                                                        for i in args.paths.split(","))
+        before = load_fit_module(args.before) if args.before else None
+        if before is not None and args.paths == "all":
+            paths = (PATHS[0], PATHS[2])
+        cmp_rows, alpha_rows = calibration(args.reps, args.n_boot, args.scenarios.split(","),
+                                           paths, before, args.seed)
         print("\n" + ALPHA_HEADER)
         for r in alpha_rows:
             print(_fmt_alpha(r))
@@ -337,7 +396,9 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             f"<!-- python benchmarks/fit_compare.py --part {args.part} --reps {args.reps} "
-            f"--n-boot {args.n_boot} --scenarios {args.scenarios}; wall {wall:.0f} s -->\n\n"
+            f"--n-boot {args.n_boot} --scenarios {args.scenarios} --paths {args.paths} "
+            f"--seed {args.seed}{' --before ' + args.before if args.before else ''}; "
+            f"wall {wall:.0f} s -->\n\n"
             + "\n\n".join(parts) + "\n")
         print(f"wrote {args.out}")
 
