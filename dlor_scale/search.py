@@ -242,13 +242,14 @@ def halving_rungs(epochs: int, report_every: int, min_resource: int | str, eta: 
     """Rung epochs ``min_resource · ηᵏ`` (k ≥ ``rate``), each moved up to the next report
     step, below ``max_resource`` (default: the last epoch, where nobody is pruned).
 
-    ``min_resource: auto`` puts the first rung at ``epochs / η²``: two rungs, the first
-    after ~1/η² of training (a ninth at η = 3), when a bad learning rate already shows
-    and a good one has not yet been overtaken.
+    ``min_resource: auto`` puts the first rung at a fifth of the epochs (`AUTO_FIRST_RUNG`;
+    at η = 3 the rungs are 1/5 and 3/5 of training). Measured on the quickstart cells
+    (benchmarks/README.md, search section): rungs at 2/15 and 1/3 saved more but lost a
+    cell's winner to an early misranking twice as often.
     """
     top = min(epochs, max_resource or epochs)
     steps = [s for s in report_steps(epochs, report_every) if s < top]
-    r = max(1.0, epochs / eta ** AUTO_RUNGS) if min_resource == "auto" else float(min_resource)
+    r = max(1.0, epochs * AUTO_FIRST_RUNG) if min_resource == "auto" else float(min_resource)
     r *= eta ** rate
     out = []
     while steps and r <= steps[-1]:
@@ -259,8 +260,8 @@ def halving_rungs(epochs: int, report_every: int, min_resource: int | str, eta: 
     return out
 
 
-#: Rungs below the last epoch with ``min_resource: auto``.
-AUTO_RUNGS = 2
+#: ``min_resource: auto``: the first rung's share of the epochs.
+AUTO_FIRST_RUNG = 0.2
 
 
 class LockstepHalvingPruner(PeerPruner):

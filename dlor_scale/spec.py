@@ -447,7 +447,7 @@ class SuccessiveHalvingPrunerSpec(_Model):
     report step, below the last epoch) keep the top 1/η (``reduction_factor``) of every
     trial of the cell that reached the rung. A cohort's first wave is a synchronous
     bracket; refills are judged against the rung's history (ASHA). ``auto``: first rung
-    at epochs/η², i.e. two rungs."""
+    at a fifth of the epochs (η = 3: rungs at 1/5 and 3/5 of training)."""
 
     kind: Literal["successive_halving"] = "successive_halving"
     min_resource: PosIntOrAuto = "auto"
@@ -555,10 +555,10 @@ class Study(_Model):
     search_space: dict[HParam, SearchParam]
     sampler: SamplerSpec = TPESamplerSpec()
     pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
-    trials_per_cell: PosInt = Field(16, description="members (Optuna trials) per (family, budget) cell")
-    cohort_size: PosIntOrAuto = Field(8, description="members trained side by side in one Ray trial; below "
-                                      "trials_per_cell, so slots freed by pruning are refilled by asks that "
-                                      "see told results")
+    trials_per_cell: PosInt = Field(24, description="members (Optuna trials) per (family, budget) cell")
+    cohort_size: PosIntOrAuto = Field(16, description="members trained side by side in one Ray trial; below "
+                                       "trials_per_cell, so slots freed by pruning are refilled by asks that "
+                                       "see told results")
     epochs: PosInt = 200
     schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="lr decay over each member's epochs (constant Adam plateaus at an optimiser floor)")

@@ -107,7 +107,8 @@ def source_for(study, quota, final_epoch, **kw):
 
 
 def test_halving_rungs_land_on_report_steps():
-    assert halving_rungs(150, 10, "auto", 3) == [20, 50]
+    assert halving_rungs(150, 10, "auto", 3) == [30, 90]      # a fifth of training, then ×η
+    assert halving_rungs(1500, 30, "auto", 3) == [300, 900]
     assert halving_rungs(150, 10, 10, 2) == [10, 20, 40, 80]
     assert halving_rungs(100, 10, 25, 2) == [30, 50]       # 25 → next report step 30; 100 is the end
     assert halving_rungs(30, 10, 40, 2) == []               # first rung past the end: never prunes
