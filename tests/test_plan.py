@@ -36,7 +36,7 @@ def quickstart_with(**changes):
 def test_cells_are_families_times_budgets(quickstart, qs_plan):
     keys = [c.key for c in qs_plan.cells]
     assert keys == [f"{label}@{b}" for label in quickstart.families for b in quickstart.budgets]
-    assert (qs_plan.d_in, qs_plan.d_out) == (4, 1)
+    assert (qs_plan.d_in, qs_plan.d_out) == (quickstart.target.d_in, 1)
     c = qs_plan.cells[0]
     assert c.optuna_study_name("quickstart") == f"quickstart/{c.label}@{c.budget}"
     assert qs_plan.cell(c.key) is c
@@ -49,7 +49,8 @@ def test_every_shape_is_within_tolerance_and_counted_exactly(quickstart, qs_plan
         assert cell.shapes, cell.key
         for sp in cell.shapes:
             assert sp.shape.family == cell.family
-            assert (sp.shape.d_in, sp.shape.d_out, sp.shape.activation) == (4, 1, quickstart.activation)
+            assert (sp.shape.d_in, sp.shape.d_out, sp.shape.activation) == (
+                quickstart.target.d_in, 1, quickstart.activation)
             assert sp.counts == count_params(sp.shape) and sp.n_params == sp.counts.total
             assert abs(sp.n_params - cell.budget) <= quickstart.tolerance * cell.budget
 
@@ -75,10 +76,7 @@ def test_quickstart_is_small(qs_plan):
 SHIPPED = ["budget", *(f"paper/{p.stem}" for p in sorted((STUDIES / "paper").glob("*.yaml")))]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("quickstart", marks=pytest.mark.xfail(
-        reason="the quickstart predates the shape rules; its redesign (issue 11 item 5) is pending")),
-    *SHIPPED])
+@pytest.mark.parametrize("name", ["quickstart", *SHIPPED])
 def test_shipped_studies_plan_only_trainable_shapes(name):
     """Every planned cell keeps the rules (depth ≤ max_depth, branches·rank ≤ width) and
     no family's fixed axes change unplanned: the dry run has no warning."""
@@ -117,7 +115,8 @@ def test_budget_study_grows_dlor_depth_and_branches_then_width():
 def _forced_study(tmp_path, families, budgets, strict=False):
     data = yaml.safe_load((STUDIES / "quickstart.yaml").read_text())
     data.update(families=families, budgets=budgets, strict=strict, sampler={"kind": "random"},
-                output_dir=str(tmp_path / "runs"))
+                output_dir=str(tmp_path / "runs"), tolerance=0.02,
+                target={"kind": "teacher", "d_in": 4, "widths": [32, 32], "seed": 0})
     path = tmp_path / ("strict.yaml" if strict else "forced.yaml")
     path.write_text(yaml.safe_dump(data))
     return path

@@ -306,8 +306,8 @@ def _majority_check(stats, a, b, budgets, a_name, b_name="parameter-matched dens
 
 
 def study_kind(name: str) -> str | None:
-    """The report kind of a paper study: its name without ``_laptop``/``_smoke`` suffixes."""
-    base = re.sub(r"(_laptop|_smoke|_gpu|_full)$", "", name)
+    """The report kind of a paper study: its name without a size suffix (``_laptop``, ``_cpu``, …)."""
+    base = re.sub(r"(_laptop|_smoke|_gpu|_full|_cpu)$", "", name)
     return base if base in STUDY_KINDS else None
 
 
