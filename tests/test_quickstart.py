@@ -235,9 +235,18 @@ def test_curves_api_has_every_family(curves):
     assert sorted(t.column("family").to_pylist()) == sorted(FAMILIES)
 
 
-def test_headline_families_are_fitted(curves):
+def test_headline_families_fit_only_clean_cells_and_say_so(curves):
+    """Deep and wide: every budget is either in the fit or listed as excluded with the
+    diagnostics that kept it out; a NaN α comes with the reason."""
     for fam in ("dlor_deep", "dlor_wide"):
-        assert math.isfinite(curves[fam].alpha), (fam, curves[fam].flags)
+        c = curves[fam]
+        pts = c.points.to_pylist()
+        flagged = {p["budget"] for p in pts if p.get("flags")}
+        assert {e["budget"] for e in c.excluded} == flagged, (fam, c.excluded, pts)
+        if flagged:
+            assert any("excluded" in f for f in c.flags), (fam, c.flags)
+        if not math.isfinite(c.alpha):
+            assert any("fit failed" in f for f in c.flags), (fam, c.flags)
 
 
 def test_compare_deep_vs_wide(curves):
