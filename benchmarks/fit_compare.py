@@ -165,6 +165,8 @@ def calibration(reps: int, n_boot: int, scenarios: list[str],
                     "path": path if before is None else f"{path} [before: {before.__file__}]",
                     "identified": float(np.mean(ident)),
                     "excl0": float(excl0.mean()), "cover": float(cover.mean()),
+                    "n_ci": int(has.sum()),
+                    "cover_given": float(cover[has].mean()) if has.any() else math.nan,
                     "sd": float(np.std(est)), "bias": float(np.mean(est) - truth),
                     "width": float(np.median(hi[has] - lo[has])) if has.any() else math.nan,
                     "sec": (time.perf_counter() - t0) / reps,
@@ -186,9 +188,10 @@ def calibration(reps: int, n_boot: int, scenarios: list[str],
     return cmp_rows, alpha_rows
 
 
-CMP_HEADER = ("| scenario | planted | path | seed | reps | identified | 95% CI excludes 0 "
-              "| CI covers Δα | sd Δα̂ | median CI width | s/pair |\n"
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+CMP_HEADER = ("| scenario | planted | path | seed | reps | CI given (both α identified) "
+              "| 95% CI excludes 0 | CI covers Δα (of CIs given) | CI covers Δα (no CI = miss) "
+              "| sd Δα̂ | median CI width | s/pair |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 ALPHA_HEADER = ("| scenario | α | fits | 95% CI coverage | CI below α | CI above α | bias (mean) "
                 "| bias (median) | bootstrap's median bias | RMSE | median CI width | identified |\n"
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -197,8 +200,8 @@ ALPHA_HEADER = ("| scenario | α | fits | 95% CI coverage | CI below α | CI abo
 def _fmt_cmp(r: dict) -> str:
     planted = "α 0.4 = 0.4" if r["case"] == "equal" else "Δα = 0.2"
     return (f"| {r['scenario']} | {planted} | {r['path']} | {r['seed']} | {r['reps']} | "
-            f"{r['identified']:.0%} | "
-            f"{r['excl0']:.1%} | {r['cover']:.1%} | {r['sd']:.3f} | {r['width']:.3f} | "
+            f"{r['n_ci']} | {r['excl0']:.1%} | {r['cover_given']:.1%} | {r['cover']:.1%} | "
+            f"{r['sd']:.3f} | {r['width']:.3f} | "
             f"{r['sec']:.2f} |")
 
 
@@ -219,10 +222,11 @@ def goals(cmp_rows: list[dict]) -> list[str]:
                        f"{r['excl0']:.1%} "
                        f"(goal ≤ 10%): {'met' if ok else 'MISSED'}")
         else:
-            ok = 0.90 <= r["cover"] <= 0.98
+            ok = 0.90 <= r["cover_given"] <= 0.98
             out.append(f"- {r['scenario']} {r['path']} (seed {r['seed']}): Δα = 0.2 coverage "
-                       f"{r['cover']:.1%} "
-                       f"(goal 90–98%): {'met' if ok else 'MISSED'}")
+                       f"{r['cover_given']:.1%} of {r['n_ci']} CIs given ({r['cover']:.1%} "
+                       f"counting 'not identified' as a miss) (goal 90–98%): "
+                       f"{'met' if ok else 'MISSED'}")
     return out
 
 

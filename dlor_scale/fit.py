@@ -27,7 +27,7 @@ How a fit is made, and why (Epoch AI's replication of Chinchilla, notes/anchors.
   bound (E → 0, α → 0) is a statement about the data, not a number to publish bare.
 
 Uncertainty: a **parametric bootstrap in log space** (default 1000 replicates, seeded per
-family) with **bias-corrected percentile-t intervals**.
+family), read as **bias-corrected percentile intervals widened by a t-factor**.
 With 4–8 budgets a nonparametric resample of points is degenerate: a resample that draws
 the same budget 3 times cannot identify 3 parameters, and a residual bootstrap has only
 ``n - p`` informative residuals (a Huber fit with δ = 1e-3 is nearly L1, so ~p residuals are
@@ -37,24 +37,27 @@ noise scale and refits with the same estimator (so the Huber fit's own variance 
 * Noise scale without stderr: ``s² = Σr²/(n-p)`` from a least-squares refit (see
   ``_ls_scale2`` for why not the Huber residuals). With stderr on *every* point: per-point
   ``(stderr/L)²`` plus the excess scatter ``τ² = max(0, s² − mean (stderr/L)²)``.
-* σ is itself uncertain (``n - p`` is 3 with 6 budgets). Each replicate also re-estimates
-  it (``s*``, the same least-squares statistic on the replicate), and its deviation from the
-  estimate is **studentized**: ``dev* = (θ* − θ̂)·s/s*``. In a linear model that turns the
-  bootstrap's z-distribution into exactly the t_(n-p) distribution; in ``compare`` the two
-  families' deviations combine Welch-style. Interval = the bias-corrected (BC) percentile
-  of ``θ̂ + dev*``: BC moves the percentile levels by ``z0 = Φ⁻¹(P(θ* < θ̂))``, which removes
-  the estimator's median bias instead of doubling it.
+* Interval = **BC percentile** of the replicates (Efron's bias correction: the levels move
+  by ``z0 = Φ⁻¹(P(θ* < θ̂))``), so a bootstrap that is median-biased like the estimator
+  corrects the bias instead of doubling it.
+* σ is itself uncertain (``n - p`` is 3 with 6 budgets): each replicate re-estimates it
+  (``s*``, the same least-squares statistic), and the BC offsets are widened by the factor
+  ``_t_factor`` derives from the ratios s/s* — exactly t_(n-p)/z in a linear model. In
+  ``compare`` each replicate difference is studentized Welch-style instead (its docstring).
 
-Why not what was here before (measured, benchmarks/results/fit_compare.md): each replicate
-drew ``σ*² = s²·(n-p)/χ²_(n-p)`` and *simulated* at σ*. With 3 dof some replicates ran at
-3–10× the real noise, where E and α trade off freely (the saturating form's E is weakly
-identified over 1–2 decades), so the percentile tails were far wider than t-scaling gives;
-two such tails added in ``compare`` made its Δα CI ~2.5× the needed width (coverage 100%).
-And the plain percentile interval put the E–α skew on the wrong side: α̂ is biased upward
-(the fit trades E > 0 for a steeper α) and the replicates are biased upward again around
-α̂, so misses were all "CI above the truth". Studentizing instead of simulating at σ*, and
-BC instead of plain percentiles, fixes both (coverage 90–98% for α and Δα at 6 budgets and
-10% noise).
+Why not what was here before (measured on identical planted data, fit_compare.py --before
+e19975b; benchmarks/results/fit_compare.md): each replicate drew ``σ*² = s²·(n-p)/χ²_(n-p)``
+and *simulated* at σ*. With 3 dof some replicates ran at 3–10× the real noise, where the
+saturating form's weakly identified E and α trade off freely, so the percentile tails were
+far wider than t-scaling gives: two such tails added in ``compare`` made the Δα CI 1.6× the
+needed width (coverage 100%, 6 budgets, 10% noise). And the plain percentile interval put
+the E–α skew on the wrong side: α̂ is biased upward (the fit trades E > 0 for a steeper α)
+and the replicates are biased upward again around α̂, so CI misses were all on one side
+("CI above the truth"). Two things tried and dropped: studentizing each replicate
+(``(θ* − θ̂)·s/s*``) compounds a large α deviation with the small s* of a replicate that
+used E to absorb noise, and BC levels on such heavy tails are unstable (83% coverage at
+E = 1e-2); re-centring by the median deviation instead of BC was safe but ~40% wider
+(98% coverage) — calibrated is the goal, not merely safe.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ BREAK_SMOOTHNESS = 0.5  # f in the broken form, in units of ln P; fixed so 8 poi
 ALPHA_MAX = 5.0  # an exponent above 5 over a few decades of P is a fitting artefact
 DEFAULT_DELTA = 1e-3
 DEFAULT_REL_TOL = 0.10  # extrapolation check: a held-out point must be predicted within 10%
-MAX_RATIO = 1e3  # cap on s/s* (a replicate with s* ≈ 0 would otherwise give an infinite dev)
+MAX_RATIO = 1e3  # cap on s/s* (a replicate with s* ≈ 0 would otherwise be infinite)
 MAX_REFINED_STARTS = 256  # grid starts refined by LM (all of them for saturating/power)
 
 
@@ -332,7 +335,7 @@ class LawFit:
     """One fitted scaling law plus its bootstrap. Parameters are in natural units.
 
     ``boot`` holds one row per bootstrap replicate, columns ``param_names``; ``boot_ratio``
-    the replicate's studentizing factor s/s* (module docstring). ``flags`` says in words
+    the replicate's noise-scale ratio s/s* (module docstring). ``flags`` says in words
     everything a reader should know before trusting the numbers; ``alpha_identified`` says
     whether the exponent is bounded by the data at all.
     """
@@ -381,10 +384,17 @@ class LawFit:
         return self.boot[:, self.param_names.index("alpha2" if self.form == "broken" else "alpha")]
 
     def _ratio(self) -> np.ndarray:
-        """Per-replicate studentizing factor s/s* (ones if none was recorded)."""
+        """Per-replicate noise-scale ratio s/s* (ones if none was recorded)."""
         B = self.boot.shape[0]
         r = np.asarray(self.boot_ratio, dtype=float)
         return r if r.shape == (B,) else np.ones(B)
+
+    def t_factor(self, level: float = 0.95) -> float:
+        """Widening of the BC offsets for the estimated noise scale (``_t_factor``)."""
+        cache = self.__dict__.setdefault("_tf_cache", {})
+        if level not in cache:
+            cache[level] = _t_factor(self._ratio(), level)
+        return cache[level]
 
     @property
     def alpha_se(self) -> float:
@@ -447,11 +457,11 @@ class LawFit:
 
     def predict_interval(self, P, level: float = 0.95, *, observation: bool = False,
                          stderr=None) -> tuple[np.ndarray, np.ndarray]:
-        """BC percentile-t bootstrap interval for the curve at P (log space).
+        """BC percentile bootstrap interval for the curve at P (log space), t-widened.
 
         ``observation=False`` (default): interval for the law itself (the CI band).
         ``observation=True``: interval for a *new measured point* at P, adding the noise
-        the bootstrap assumed (plus the point's own stderr if given) before studentizing.
+        the bootstrap assumed (plus the point's own stderr if given).
         This is the right interval for checking held-out points, which carry their own noise.
         """
         shape = np.shape(P)
@@ -469,14 +479,16 @@ class LawFit:
                 rel = np.where(np.isfinite(rel), rel, 0.0)
                 sd = np.sqrt(sd**2 + rel[None, :] ** 2)
             dev = dev + sd * rng.standard_normal(lp.shape)  # a new point around replicate i
-        lo, hi = _bc_interval_cols(dev * self._ratio()[:, None], level)
-        return np.exp(est + lo).reshape(shape), np.exp(est + hi).reshape(shape)
+        lo, hi = _bc_interval_cols(dev, level)
+        tf = self.t_factor(level)
+        return np.exp(est + tf * lo).reshape(shape), np.exp(est + tf * hi).reshape(shape)
 
     def ci(self, level: float = 0.95, method: str = "bc-t") -> dict[str, tuple[float, float]]:
         """Bootstrap CIs per parameter (E is exactly (0, 0) for form='power').
 
-        ``method="bc-t"`` (default): bias-corrected percentile of studentized deviations,
-        on log scale for E, A and P_break, clipped to the fit's box (module docstring).
+        ``method="bc-t"`` (default): bias-corrected percentile offsets widened by the
+        t-factor, on log scale for E, A and P_break, clipped to the fit's box (module
+        docstring).
         ``method="percentile"``: the plain percentile of the replicates (for comparison).
         """
         names = self.param_names
@@ -501,8 +513,9 @@ class LawFit:
             if not ok.any() or not np.isfinite(te):
                 out[nm] = (math.nan, math.nan)
                 continue
-            lo, hi = _bc_interval_cols(((tc - te) * self._ratio())[ok][:, None], level)
-            lo, hi = te + float(lo[0]), te + float(hi[0])
+            lo, hi = _bc_interval_cols((tc - te)[ok][:, None], level)
+            tf = self.t_factor(level)
+            lo, hi = te + tf * float(lo[0]), te + tf * float(hi[0])
             blo, bhi = self._natural_bounds(nm)
             lo, hi = (math.exp(lo), math.exp(hi)) if logs else (lo, hi)
             out[nm] = (float(min(max(lo, blo), bhi)), float(max(min(hi, bhi), blo)))
@@ -581,13 +594,46 @@ def _bc_interval_cols(dev: np.ndarray, level: float) -> tuple[np.ndarray, np.nda
         d = d[~np.isnan(d)]
         if d.size == 0:
             continue
-        p = (np.count_nonzero(d < 0) + 0.5 * np.count_nonzero(d == 0)) / d.size
-        p = min(max(p, 0.5 / d.size), 1 - 0.5 / d.size)
-        z0 = _N01.inv_cdf(p)
+        z0 = _N01.inv_cdf(_below(d, 0.0))
         ql, qh = _N01.cdf(2 * z0 - zq), _N01.cdf(2 * z0 + zq)
         how = "inverted_cdf" if np.isinf(d).any() else "linear"
         lo[c], hi[c] = np.quantile(d, [ql, qh], method=how)
     return lo, hi
+
+
+def _below(d: np.ndarray, x: float) -> float:
+    """Share of d below x (ties count half), kept inside (0, 1) for Φ⁻¹."""
+    p = (np.count_nonzero(d < x) + 0.5 * np.count_nonzero(d == x)) / d.size
+    return min(max(p, 0.5 / d.size), 1 - 0.5 / d.size)
+
+
+def _t_factor(ratio: np.ndarray, level: float) -> float:
+    """How much wider than a known-σ interval the unknown σ makes it: x/z_(1-q) where
+    ``mean Φ(x / r_i) = 1 − q`` over the replicates' ratios r_i = s/s*.
+
+    In a linear model r = 1/√(χ²_ν/ν) and this is exactly t_ν(1−q)/z(1−q) (1.62 at ν = 3);
+    here the replicates' own noise estimates say what ν effectively is (with stderr-known
+    noise the ratios are ≈ 1 and so is the factor). Applied as a scale on the BC offsets, not
+    by studentizing each replicate: in the saturating form replicates whose fit uses E to
+    absorb noise have both a large α deviation and a small s*, and multiplying the two made
+    tails far heavier than t (measured: 17% of CIs missed on one side at E = 1e-2).
+    """
+    r = np.asarray(ratio, dtype=float)
+    r = r[np.isfinite(r) & (r > 0)]
+    if r.size == 0 or np.allclose(r, 1.0):
+        return 1.0
+    from scipy.special import ndtr  # lazy: `import dlor_scale` stays light
+
+    q = (1 - level) / 2
+    zq = _N01.inv_cdf(1 - q)
+    lo, hi = 0.0, zq * float(r.max())
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(ndtr(mid / r).mean()) < 1 - q:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi) / zq
 
 
 def _invert(form: str, theta: np.ndarray, log_pref: float, error: float) -> np.ndarray:
@@ -802,7 +848,7 @@ def _ls_scale2_batch(prob: _Problem, theta: np.ndarray, y: np.ndarray, dof: int)
 def _bootstrap(prob, theta, lp_hat, s2, dof, delta, n_boot, seed, starts, flags):
     """Parametric bootstrap in log space; see the module docstring for why.
 
-    Returns (θ* [B, k], noise sd each replicate simulated [B], studentizing factor s/s* [B],
+    Returns (θ* [B, k], noise sd each replicate simulated [B], noise-scale ratio s/s* [B],
     method, converged fraction).
     """
     k, n = theta.size, lp_hat.size
@@ -846,7 +892,7 @@ def _bootstrap(prob, theta, lp_hat, s2, dof, delta, n_boot, seed, starts, flags)
         flags.append(f"only {boot_conv:.1%} of bootstrap refits converged")
     ratio = np.ones(n_boot)
     if dof > 0:
-        # studentizing scale: the same statistic as s², on each replicate; with stderr the
+        # each replicate's own noise estimate: the same statistic as s²; with stderr the
         # noise is known to be at least mean (stderr/L)², so that floors both
         floor = float(v.mean()) if has_se else 0.0
         s2_b = np.maximum(_ls_scale2_batch(prob, th_b, y_star, dof), floor)
@@ -937,13 +983,17 @@ def compare(fa: LawFit, fb: LawFit, *, target_error: float | None = None,
       If not, ``verdict`` is "not identified", ``why`` says which and why, and no Δα CI or
       P(steeper) is given: a CI built from exponents pinned by the fit's bounds is the bound
       box, not evidence.
-    * ``delta_alpha`` = α_a − α_b (large-P exponent) and its BC percentile-t CI: replicate i
-      of a is paired with replicate i of b (independent bootstraps: each fit's seed derives
-      from its family, see ``_family_seed``; fits that still share a seed are paired with an
-      offset and ``notes`` says so), each difference is studentized Welch-style —
-      ``(Δ* − Δ̂)·se/se*`` with ``se² = se_a² + se_b²`` and ``se*²`` the same with each
-      family's replicate noise scale — and the BC percentile taken. ``p_a_steeper`` is the
-      confidence mass above 0 on that scale. ``verdict``: "<a> steeper", "<b> steeper" or
+    * ``delta_alpha`` = α_a − α_b (large-P exponent) and its CI: replicate i of a is
+      paired with replicate i of b (independent bootstraps: each fit's seed derives from
+      its family, see ``_family_seed``; fits that still share a seed are paired with an
+      offset and ``notes`` says so); each difference is studentized Welch-style,
+      ``(Δ* − Δ̂)·se/se*`` with se² = se_a² + se_b² and se*² the same at the two
+      replicates' own noise estimates, and the BC percentile of those is the CI
+      (``delta_alpha_t_factor`` records the t-widening this amounts to). Why not a scalar
+      t-factor as in ``LawFit.ci``: measured, that over-covered Δα (98%+); why not
+      per-replicate studentizing for a single α: see the module docstring.
+      ``p_a_steeper`` is the confidence that α_a > α_b on that same scale (the CI excludes
+      0 iff it is outside [q, 1 − q]). ``verdict``: "<a> steeper", "<b> steeper" or
       "no significant difference" at ``level``.
     * ``crossover``: the budget where the curves cross, searched within the union of the two
       fitted ranges widened by ``window``× on each side; the crossing at the largest P (it
@@ -980,12 +1030,18 @@ def compare(fa: LawFit, fb: LawFit, *, target_error: float | None = None,
         with np.errstate(divide="ignore", invalid="ignore"):
             se_b = np.sqrt(va / ka**2 + vb / kb**2)
             scale = np.where((se_b > 0) & np.isfinite(se_b) & (se > 0), se / se_b, 1.0)
+        # Welch-studentized differences: each family's replicate noise estimate, weighted by
+        # its se, rescales replicate i (a t-like mixture with Welch's effective dof)
         dev = (da - db) * scale
         lo, hi = _bc_interval_cols(dev, level)
         d0 = out["delta_alpha"]
         out["delta_alpha_ci"] = (float(d0 + lo[0]), float(d0 + hi[0]))
-        # confidence that Δα > 0: the share of the (BC-free) studentized distribution above 0
-        out["p_a_steeper"] = float(np.mean(d0 + dev > 0) + 0.5 * np.mean(d0 + dev == 0))
+        # P(α_a > α_b) on the same BC scale as the CI: the CI excludes 0 iff this is outside
+        # [q, 1 − q]
+        z0 = _N01.inv_cdf(_below(dev, 0.0))
+        g0 = _below(d0 + dev, 0.0)
+        out["p_a_steeper"] = float(1.0 - _N01.cdf(_N01.inv_cdf(g0) - 2 * z0))
+        out["delta_alpha_t_factor"] = float(_t_factor(scale, level))  # for the record
         out["verdict"] = (f"{na} steeper" if d0 + lo[0] > 0 else
                           f"{nb} steeper" if d0 + hi[0] < 0 else "no significant difference")
     lo_p = min(fa.P_min, fb.P_min) / window

@@ -353,16 +353,30 @@ def test_bootstrap_seed_derives_from_the_family():
     assert 0.75 < w_same / w_ind < 1.33, (w_same, w_ind)
 
 
-def test_ci_is_t_calibrated_by_studentizing():
-    """Few residual dof: each replicate's own noise estimate s* widens the interval
-    (s/s* is t-distributed), so the CI is wider than the plain percentile one."""
+def test_ci_is_widened_for_the_estimated_noise_scale():
+    """Few residual dof: each replicate's own noise estimate s* says how uncertain σ is,
+    and the CI is widened accordingly (t-like), beyond the plain percentile interval."""
     P = np.geomspace(1e2, 1e5, 5)  # 2 residual dof
     f = fit_law(P, noisy(P, 0.03, 3), n_boot=1000)
     assert f.boot_ratio.shape == (1000,) and np.all(f.boot_ratio > 0)
+    assert 1.5 < f.t_factor() < 4.0  # t_2/z = 2.2 in a linear model
     lo, hi = f.ci()["alpha"]
     plo, phi = f.ci(method="percentile")["alpha"]
     assert (hi - lo) > 1.3 * (phi - plo)
     assert lo < f.alpha < hi
+
+
+def test_t_factor_is_t_over_z_in_the_linear_case():
+    from scipy import stats
+
+    from dlor_scale.fit import _t_factor
+
+    rng = np.random.default_rng(0)
+    for nu in (2, 3, 5, 20):
+        r = 1 / np.sqrt(rng.chisquare(nu, 20000) / nu)
+        want = stats.t.ppf(0.975, nu) / stats.norm.ppf(0.975)
+        assert _t_factor(r, 0.95) == pytest.approx(want, rel=0.03), nu
+    assert _t_factor(np.ones(100), 0.95) == 1.0  # σ known (stderr): no widening
 
 
 # --------------------------------------------------------------------------- compare
