@@ -6,20 +6,21 @@ needs (each cell's best). This runs each cell of a study twice per seed, side by
 * **(a) no pruning** — every member trains to the last epoch (no pruner, no early
   stopping), all of a cell's trials in one wave: what the shipped specs did before
   (``trials_per_cell`` = cohort slots, so the median pruner never fired).
-* **(b) lockstep search** — the spec's training protocol with the new search (the
-  spec defaults): TPE with the constant liar and ``n_startup_trials: auto``,
-  synchronous successive halving (η = 3, rungs at 1/5 and 3/5 of the epochs), and
-  1.5× the trials through the same slots (the defaults: 24 trials, 16 slots), so slots
-  freed at a rung are refilled by asks that see every told result.
+* **(b) lockstep search** — the study as shipped: its sampler and pruner (lockstep
+  successive halving, TPE with the constant liar), more trials than slots so slots
+  freed at a rung are refilled by asks that see every told result, and its training
+  protocol (early stopping included). ``--scheme-b JSON`` instead applies one search
+  scheme to every study with ``trials_factor``·T trials through T slots — e.g. the spec
+  defaults' `SCHEME_B` — to map the savings/quality frontier.
 
-Both use the same shapes, data, slots, seeds and member seeds (a member's
-numbers do not depend on its cohort), in-process (no Ray, no MLflow: this measures the
-search, not the service). Reported per cell: member-epochs and the best val (of the
-completed members, as the scaling points select them); per family: the fitted α with
-its 95 % CI from all seeds' points. Goal (issue 12): ≥ 40 % fewer member-epochs with
-best val within 2 % of (a) and α inside (a)'s CI.
+Same shapes, data, seeds and member seeds in (a) and (b) (a member's numbers do not
+depend on its cohort), in-process (no Ray, no MLflow: this measures the search, not
+the service). Reported per cell: member-epochs and the best val (of the completed
+members, as the scaling points select them); per family: the fitted α with its 95 % CI
+from all seeds' points. Goal (issue 12): ≥ 40 % fewer member-epochs with best val
+within 2 % of (a) and α inside (a)'s CI.
 
-    OMP_NUM_THREADS=1 python benchmarks/search_efficiency.py                 # ~6 min, 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/search_efficiency.py                 # ~15 min, 2 shared cores
     python benchmarks/search_efficiency.py --quick                           # smoke run
 """
 
@@ -64,18 +65,22 @@ def c7_cell(epochs: int | None) -> tuple[dict, list[str]]:
     return raw, ["dlor_deep@560"]
 
 
-def variant(raw: dict, scheme: str, seed: int, scheme_b: dict = SCHEME_B) -> dict:
+def variant(raw: dict, scheme: str, seed: int, scheme_b: dict | str = "spec") -> dict:
     """The spec as searched by scheme ``a`` or ``b`` (seeded), validated like a user's.
 
-    (a) keeps the spec's trials T in one wave of T slots; (b) asks ``trials_factor``·T
-    trials through the same T slots (the spec defaults: 24 trials, 16 slots)."""
+    (a) keeps the spec's T trials, all in one wave of T slots, unpruned, no early stopping.
+    (b) is the spec as shipped (``scheme_b == "spec"``: its sampler, pruner, trials and
+    slots), or ``scheme_b``'s sampler and pruner with ``trials_factor``·T trials through T
+    slots (to map the savings/quality frontier)."""
     out = {**raw, "seed": seed, "confirm": None}
     trials = int(raw.get("trials_per_cell", 16))
+    sampler = {**(raw.get("sampler") or {"kind": "tpe"}), "seed": seed}
     if scheme == "a":
-        out.update(pruner={"kind": "none"}, cohort_size=trials,
-                   sampler={**(raw.get("sampler") or {"kind": "tpe"}), "seed": seed})
+        out.update(pruner={"kind": "none"}, cohort_size=trials, sampler=sampler)
         if "early_stopping" in Study.model_fields:   # every member to its last epoch
             out["early_stopping"] = None
+    elif scheme_b == "spec":
+        out["sampler"] = sampler
     else:
         out.update(pruner=scheme_b["pruner"], cohort_size=trials,
                    trials_per_cell=int(scheme_b.get("trials_factor", 2) * trials),
@@ -121,15 +126,16 @@ def run_cell(study, cell, base_dir: Path, seed: int) -> dict:
 
 
 def fit_alpha(rows: list[dict]) -> dict:
-    """α with its 95 % CI per family, from every seed's points (saturating law)."""
+    """α with its 95 % CI per family, from every seed's points (the study's ``fit_form``)."""
     from dlor_scale.fit import fit_law
     out = {}
+    form = rows[0].get("fit_form", "saturating") if rows else "saturating"
     for fam in sorted({r["family"] for r in rows}):
         pts = [(r["n_params"], r["test_error"]) for r in rows if r["family"] == fam and math.isfinite(r["test_error"])]
         if len({p for p, _ in pts}) < 4:
             continue
         try:
-            f = fit_law([p for p, _ in pts], [e for _, e in pts], family=fam, n_boot=300, seed=0)
+            f = fit_law([p for p, _ in pts], [e for _, e in pts], family=fam, form=form, n_boot=300, seed=0)
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             out[fam] = {"error": str(e)}
             continue
@@ -141,32 +147,39 @@ def fit_alpha(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--c7-seeds", type=int, default=8,
+                    help="seeds of the C7 cell (one cell, cheap; its best val is noisy across seeds)")
+    ap.add_argument("--studies", default="quickstart,c7", help="comma list of: quickstart, c7")
     ap.add_argument("--quick", action="store_true", help="2 cells, 1 seed, short C7 cell (smoke run)")
     ap.add_argument("--c7-epochs", type=int, default=None, help="override the C7 cell's epochs")
-    ap.add_argument("--scheme-b", type=json.loads, default=SCHEME_B,
-                    help="JSON {sampler, pruner, trials_factor} for (b), e.g. to map the savings/quality frontier")
+    ap.add_argument("--scheme-b", type=lambda v: v if v == "spec" else json.loads(v), default="spec",
+                    help="'spec' (default: each study as shipped) or JSON {sampler, pruner, trials_factor}, "
+                         f"e.g. the spec defaults' scheme {json.dumps(SCHEME_B)}")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/search_efficiency.md")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/search_efficiency.json")
     ap.add_argument("--report-only", action="store_true", help="re-render --out from the saved --json rows")
     args = ap.parse_args(argv)
     if args.report_only:
         rows = json.loads(args.json.read_text())
-        text = report(rows, sorted({r["seed"] for r in rows}), math.nan, args.scheme_b)
+        text = report(rows, math.nan, args.scheme_b)
         args.out.write_text(text)
         print(text)
         return 0
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     qs_path = ROOT / "studies/quickstart.yaml"
-    quick = yaml.safe_load(qs_path.read_text())
-    studies = [("quickstart", quick, None, qs_path.parent)]
-    c7_raw, c7_cells = c7_cell(200 if args.quick else args.c7_epochs)
-    studies.append(("C7 cell (scaling_cpu)", c7_raw, c7_cells, ROOT / "studies/paper"))
-    seeds = list(range(1 if args.quick else args.seeds))
+    n_seeds = 1 if args.quick else args.seeds
+    studies = []
+    if "quickstart" in args.studies:
+        studies.append(("quickstart", yaml.safe_load(qs_path.read_text()), None, qs_path.parent, n_seeds))
+    if "c7" in args.studies:
+        c7_raw, c7_cells = c7_cell(200 if args.quick else args.c7_epochs)
+        studies.append(("C7 cell (scaling_cpu)", c7_raw, c7_cells, ROOT / "studies/paper",
+                        1 if args.quick else args.c7_seeds))
     rows = []
     t_start = time.time()
-    for label, raw, only, base in studies:
-        for seed in seeds:
+    for label, raw, only, base, n in studies:
+        for seed in range(n):
             for scheme in ("a", "b"):
                 study = parse_study(variant(raw, scheme, seed, args.scheme_b), f"{label}:{scheme}", base_dir=base)
                 cells = [c for c in make_plan(study).cells if only is None or c.key in only]
@@ -174,27 +187,29 @@ def main(argv=None) -> int:
                     cells = cells[:2]
                 for cell in cells:
                     r = run_cell(study, cell, base, seed)
-                    rows.append({"study": label, "scheme": scheme, "seed": seed, **r})
+                    rows.append({"study": label, "scheme": scheme, "seed": seed,
+                                 "fit_form": getattr(study, "fit_form", "saturating"), **r})
                     print(f"[{time.time() - t_start:6.0f}s] {label} {scheme} seed {seed} {cell.key}: "
                           f"{r['member_epochs']} member-epochs, best val {r['best_val']:.4g}, "
                           f"pruned {r['pruned']}, refilled {r['refilled']}", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
-    text = report(rows, seeds, time.time() - t_start, args.scheme_b)
+    text = report(rows, time.time() - t_start, args.scheme_b)
     args.out.write_text(text)
     print(text)
     return 0
 
 
-def report(rows: list[dict], seeds: list[int], wall: float, scheme_b: dict) -> str:
+def report(rows: list[dict], wall: float, scheme_b: dict | str) -> str:
     """Markdown: per cell (a) vs (b), totals, goal verdicts, the seed-noise floor, α."""
     lines = ["# Search efficiency: (a) no pruning vs (b) lockstep search", "",
-             f"Generated by `benchmarks/search_efficiency.py` ({len(seeds)} seeds, "
+             f"Generated by `benchmarks/search_efficiency.py` ("
              f"{'' if math.isnan(wall) else f'{wall / 60:.1f} min '}on "
              f"{os.cpu_count()} shared CPUs, torch {torch.__version__}, optuna {optuna.__version__}).",
-             f"(a) = the spec's T trials in one wave of T slots, no pruner, no early stopping; "
-             f"(b) = `{json.dumps(scheme_b)}`: trials_factor·T trials through the same T slots, "
-             "the spec's training protocol.", "",
+             "(a) = the spec's T trials in one wave of T slots, no pruner, no early stopping; (b) = "
+             + ("each spec as shipped (its sampler, pruner, trials and slots; training protocol)."
+                if scheme_b == "spec" else f"`{json.dumps(scheme_b)}`: trials_factor·T trials through the "
+                "same T slots, the spec's training protocol."), "",
              "Best val = the lowest val error of a cell's *completed* members (what its scaling point "
              "selects), median over seeds. Noise floor = how far apart (a)'s own seeds land "
              "(max/min of best val over seeds, median over cells): a per-cell difference below it is "
@@ -203,7 +218,8 @@ def report(rows: list[dict], seeds: list[int], wall: float, scheme_b: dict) -> s
     for study in dict.fromkeys(r["study"] for r in rows):
         sr = [r for r in rows if r["study"] == study]
         cells = list(dict.fromkeys(r["cell"] for r in sr))
-        lines += [f"## {study}", "",
+        seeds = sorted({r["seed"] for r in sr})
+        lines += [f"## {study} ({len(seeds)} seeds)", "",
                   "| cell | member-epochs (a) | (b) | saved | best val (a) | (b) | (b)/(a) − 1 | "
                   "pruned / refilled / stopped early (b) |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -234,7 +250,8 @@ def report(rows: list[dict], seeds: list[int], wall: float, scheme_b: dict) -> s
                   f"**{gmean:.3f}**; noise floor of (a) across seeds: ×{float(np.median(spread)):.2f}.", ""]
         fits = {s_: fit_alpha([r for r in sr if r["scheme"] == s_]) for s_ in ("a", "b")}
         if any(fits.values()):
-            lines += ["| family | α (a) [95 % CI] | α (b) [95 % CI] | (b) inside (a)'s CI |", "|---|---|---|---|"]
+            lines += [f"Fitted α per family ({sr[0].get('fit_form', 'saturating')} law, all seeds' points):", "",
+                      "| family | α (a) [95 % CI] | α (b) [95 % CI] | (b) inside (a)'s CI |", "|---|---|---|---|"]
             for fam in sorted(set(fits["a"]) | set(fits["b"])):
                 fa, fb = fits["a"].get(fam, {}), fits["b"].get(fam, {})
                 inside = "alpha" in fa and "alpha" in fb and fa["lo"] <= fb["alpha"] <= fa["hi"]
