@@ -948,9 +948,10 @@ def search_problems(s: Study) -> list[Problem]:
         if quota <= slots:
             warn("trials_per_cell", f"all {quota} trials of a cohort are asked in one wave (cohort_size gives "
                  f"{slots} slots), before any result is told, so sampler {sa.kind} never learns (it is "
-                 f"random search); fix: trials_per_cell > cohort_size (e.g. cohort_size: "
-                 f"{max(1, quota // 2)}, so freed slots are refilled by asks that see told results), "
-                 "or sampler.kind: random / qmc")
+                 f"random search); fix: more trials than slots, e.g. trials_per_cell: "
+                 f"{math.ceil(1.5 * slots) * max(1, min(s.shapes_per_cell, n))} with cohort_size: {slots} "
+                 "(slots freed by pruning are refilled by asks that see told results; benchmarks/README.md: "
+                 "about half the member-epochs), or sampler.kind: random / qmc")
         elif sa.kind == "tpe" and sa.n_startup_trials != "auto" and sa.n_startup_trials > quota - slots:
             warn("sampler.n_startup_trials", f"{sa.n_startup_trials} exceeds the {quota - slots} trials a cohort "
                  f"asks after its first wave, so TPE may never leave its random startup; "
