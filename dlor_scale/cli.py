@@ -133,7 +133,8 @@ def launch(
         _fail(e)
     c = result.counts
     out.print(f"[green]done[/] study {study.name!r} → {result.study_dir}: "
-              + ", ".join(f"{c.get(k, 0)} {k}" for k in ("completed", "pruned", "diverged", "failed")))
+              + ", ".join(f"{c.get(k, 0)} {k}" for k in ("completed", "pruned", "diverged", "failed"))
+              + f" ({c.get('refilled', 0)} slots refilled)")
     if result.fit is not None:
         out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)")
     uri = result.tracking_uri
