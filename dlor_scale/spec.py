@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1041,9 +1042,80 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
 # --------------------------------------------------------------------------- loading
 
 
+#: Limits on a spec file, checked before it can cost memory or time (a study spec is a
+#: few KB; anything near these is an accident or an attack, e.g. "billion laughs").
+MAX_SPEC_BYTES = 1_000_000
+MAX_YAML_NODES = 10_000
+MAX_YAML_DEPTH = 50
+_KEY_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "merge")}
+
+
+class _YamlLimit(yaml.MarkedYAMLError):
+    """A spec YAML that is too big, too deep, self-referential or has odd keys."""
+
+
+def _check_yaml_graph(root: yaml.Node) -> None:
+    """Walk the composed node graph as construction would *expand* it (aliases count
+    every time they are used), refusing past `MAX_YAML_NODES` nodes, deeper than
+    `MAX_YAML_DEPTH`, a node that contains itself, or a key that is not a plain scalar.
+
+    PyYAML shares aliased nodes, so a bomb composes cheaply but explodes later in
+    validation and hashing; counting the expanded tree stops it here, in microseconds.
+    """
+    count = 0
+
+    def walk(node, depth, ancestors):
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise _YamlLimit(problem=f"more than {MAX_YAML_NODES:,} YAML nodes after alias expansion "
+                             "(limit MAX_YAML_NODES; an alias bomb?)", problem_mark=node.start_mark)
+        if depth > MAX_YAML_DEPTH:
+            raise _YamlLimit(problem=f"nested deeper than {MAX_YAML_DEPTH} levels (limit MAX_YAML_DEPTH)",
+                             problem_mark=node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            return
+        if id(node) in ancestors:
+            raise _YamlLimit(problem="self-referential YAML (an anchor used inside itself)",
+                             problem_mark=node.start_mark)
+        ancestors.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag not in _KEY_TAGS:
+                    raise _YamlLimit(problem=f"mapping keys must be plain names (got a {k.tag.rsplit(':', 1)[-1]} key)",
+                                     problem_mark=k.start_mark)
+                walk(k, depth + 1, ancestors)
+                walk(v, depth + 1, ancestors)
+        else:
+            for v in node.value:
+                walk(v, depth + 1, ancestors)
+        ancestors.discard(id(node))
+
+    walk(root, 0, set())
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one,
     so a second ``dense:`` family would quietly replace the first)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        """Bounded nesting while composing (PyYAML recurses: 20,000 ``[`` → RecursionError)."""
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(problem=f"nested deeper than {MAX_YAML_DEPTH} levels (limit MAX_YAML_DEPTH)",
+                                 problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            _check_yaml_graph(node)
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -1079,15 +1151,41 @@ def parse_study(data: dict, source: str = "<memory>", base_dir: str | Path | Non
     return study
 
 
+def _read_spec_text(p: Path) -> str:
+    """The file's text, refusing anything but a regular file of at most `MAX_SPEC_BYTES`
+    (stat first, then read at most limit+1 bytes: a FIFO, ``/dev/zero`` or a 50 MB file
+    must fail at once, not hang or fill memory)."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise SpecError(f"{p}: study file not found") from None
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{p}: cannot read study file: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SpecError(f"{p}: a study file must be a regular file ({what})")
+    if st.st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{p}: study file is {st.st_size:,} bytes (limit MAX_SPEC_BYTES = {MAX_SPEC_BYTES:,})")
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped since the stat
+                raise SpecError(f"{p}: a study file must be a regular file")
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read study file: {e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{p}: study file exceeds {MAX_SPEC_BYTES:,} bytes (limit MAX_SPEC_BYTES)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: cannot read study file: not UTF-8 text ({e})") from None
+
+
 def load_study(path: str | Path) -> Study:
     """Read, parse and validate a study YAML file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{p}: study file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{p}: cannot read study file: {e}") from None
+    text = _read_spec_text(p)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.MarkedYAMLError as e:

@@ -1,0 +1,162 @@
+"""Hostile and malformed spec files through the real CLI (issue 14, "spec input hardening").
+
+Why: a spec is user input read by a tool that creates folders and databases. Every case
+here must end with exit 2, one line naming the field or the limit, no traceback, nothing
+created, and (for bombs, FIFOs, huge files) quickly and in bounded memory — a validator
+that hangs or eats 3 GB is a denial of service on the login node it runs on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small and cheap to solve (the base of test_spec.py).
+BASE = {
+    "name": "t",
+    "target": {"kind": "teacher", "d_in": 2, "widths": [4], "n_train": 64, "n_val": 16, "n_test": 16},
+    "budgets": [200, 100],
+    "tolerance": 0.05,
+    "families": {"dense": {"width": {"min": 2, "max": 16}, "depth": [1, 2, 3]}},
+    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+    "trials_per_cell": 4,
+    "epochs": 20,
+    "report_every": 5,
+    "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+}
+
+_RUNNER = """
+import sys, time
+# Import the heavy modules first (torch: seconds on a loaded machine), so the time
+# measured is the spec's own cost: reading, parsing, validating, planning.
+import dlor_scale.cli, dlor_scale.spec, dlor_scale.plan, dlor_scale.targets
+from dlor_scale.cli import app
+t0 = time.monotonic()
+try:
+    app(sys.argv[1:], standalone_mode=True)
+finally:
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking pytest's, which
+    # Linux carries over fork + exec).
+    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(f"@@rss_kib={rss} t={time.monotonic() - t0:.2f}", file=sys.stderr)
+"""
+
+
+def base_text(**changes) -> str:
+    d = {**BASE, **changes}
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh process (its own memory and a hard timeout for hangs)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLOR_OUTPUT_DIR": str(cwd / "runs"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DLOR_OPTUNA_STORAGE", None)
+    return subprocess.run([sys.executable, "-c", _RUNNER, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _stats(stderr: str) -> tuple[float, float]:
+    """(peak RSS in MB, seconds spent after imports) printed by the runner."""
+    line = [x for x in stderr.splitlines() if x.startswith("@@rss_kib=")][-1]
+    kib, t = line.removeprefix("@@rss_kib=").split(" t=")
+    return int(kib) / 1024, float(t)
+
+
+def assert_rejected(path: Path, cwd: Path, *fragments: str, bomb: bool = False):
+    """validate and launch --dry-run both exit 2, name the field/limit, print no traceback
+    and create nothing (no runs/ folder, no new file next to the spec)."""
+    before = sorted(p.name for p in cwd.iterdir())
+    for cmd in (["validate", str(path)], ["launch", "--dry-run", str(path)]):
+        r = run_cli(cmd, cwd)
+        text = r.stdout + r.stderr
+        assert r.returncode == 2, (cmd, r.returncode, text[-2000:])
+        assert "Traceback" not in text, text[-2000:]
+        for f in fragments:
+            assert f in text, (f, text[-2000:])
+        if bomb:
+            rss, secs = _stats(r.stderr)
+            # The runner's own imports (typer, rich, pydantic) are counted: still far below.
+            assert rss < 500, f"peak RSS {rss:.0f} MB"
+            assert secs < 5, f"{secs:.1f} s"
+    assert sorted(p.name for p in cwd.iterdir()) == before
+    assert not (cwd / "runs").exists()
+
+
+# --------------------------------------------------------------------------- YAML bombs and shapes
+
+_LAUGHS = "\n".join(
+    ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)])
+
+
+def _bomb_as_unknown_key() -> str:
+    return base_text() + _LAUGHS + "\n"
+
+
+def _bomb_in_description() -> str:
+    body = "\n".join("  " + line for line in _LAUGHS.splitlines())
+    return base_text() + "description:\n" + body.replace("  a8:", "  a8:") + "\n"
+
+
+def _bomb_as_budgets() -> str:
+    return "x: &b0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "\n".join(
+        f"x{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]" for i in range(1, 7)) + "\n" + \
+        base_text().replace("budgets:\n- 200\n- 100\n", "budgets: *b6\n")
+
+
+YAML_CASES = {
+    "alias bomb as unknown keys": (_bomb_as_unknown_key, "MAX_YAML_NODES"),
+    "alias bomb in description": (_bomb_in_description, "MAX_YAML_NODES"),
+    "alias bomb as budgets": (_bomb_as_budgets, "MAX_YAML_NODES"),
+    "self-referential list": (lambda: base_text() + "x: &r [*r]\n", "self-referential"),
+    "self-referential mapping": (lambda: base_text() + "y: &f {dense: *f}\n", "self-referential"),
+    "20,000-deep list": (lambda: base_text() + "z: " + "[" * 20_000 + "]" * 20_000 + "\n", "MAX_YAML_DEPTH"),
+    "60-deep mapping": (lambda: base_text() + "z: " + "{a: " * 60 + "1" + "}" * 60 + "\n", "MAX_YAML_DEPTH"),
+    "date key": (lambda: base_text() + "2024-01-01: 1\n", "timestamp key"),
+    "binary key": (lambda: base_text() + "? !!binary aGVsbG8=\n: 1\n", "binary key"),
+    "50 MB description": (lambda: base_text() + "description: " + "x" * 50_000_000 + "\n", "MAX_SPEC_BYTES"),
+    "50 MB of comments": (lambda: base_text() + ("# " + "c" * 98 + "\n") * 500_000, "MAX_SPEC_BYTES"),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_CASES), ids=list(YAML_CASES))
+def test_yaml_bombs_and_shapes_are_refused_fast(case, tmp_path):
+    make, fragment = YAML_CASES[case]
+    spec = tmp_path / "s.yaml"
+    spec.write_text(make())
+    assert_rejected(spec, tmp_path, fragment, bomb=True)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+def test_spec_must_be_a_regular_file(kind, tmp_path):
+    """A FIFO would block forever on open/read, /dev/zero would fill memory."""
+    if kind == "fifo":
+        path = tmp_path / "s.yaml"
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path = Path("/dev/zero")
+    else:
+        path = tmp_path / "dir.yaml"
+        path.mkdir()
+    t0 = time.monotonic()
+    assert_rejected(path, tmp_path, "regular file", bomb=True)
+    assert time.monotonic() - t0 < 60
+
+
+def test_limits_are_generous_for_real_specs():
+    """The shipped studies stay far inside the limits (they are a few KB)."""
+    from dlor_scale.spec import MAX_SPEC_BYTES, load_study
+    for f in (ROOT / "studies").glob("*.yaml"):
+        assert f.stat().st_size < MAX_SPEC_BYTES / 20
+        load_study(f)
+
