@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DlorError
@@ -26,7 +27,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _fail(e: DlorError):
-    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    # User text (paths, names, labels, keys) is escaped: "[/x]" would crash rich, "[b]" vanish.
+    err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
     raise typer.Exit(getattr(e, "exit_code", 1))
 
 
@@ -56,13 +58,13 @@ def _data_line(data: dict) -> str | None:
 
 
 def plan_table(plan) -> Table:
-    t = Table(title=f"plan: {plan.study.name}", show_lines=False)
+    t = Table(title=escape(f"plan: {plan.study.name}"), show_lines=False)
     rows = plan.table()
     cols = ["cell", "width", "depth", "rank", "branches", "diag", "n_params", "rel_err", "trials", "slots"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("cell", "diag") else "right", no_wrap=True)
     for r in rows:
-        t.add_row(*(f"{r[c]:.2%}" if c == "rel_err" else str(r[c]) for c in cols))
+        t.add_row(*(f"{r[c]:.2%}" if c == "rel_err" else escape(str(r[c])) for c in cols))
     return t
 
 
@@ -76,10 +78,10 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
         plan = make_plan(study)
     except DlorError as e:
         _fail(e)
-    out.print(f"[green]ok[/] {file}: study {study.name!r}, {len(plan.cells)} cells, "
+    out.print(f"[green]ok[/] {escape(str(file))}: study {escape(repr(study.name))}, {len(plan.cells)} cells, "
               f"{plan.total_trials} cohort units, {plan.total_members} members")
     if _data_line(data):
-        out.print(_data_line(data), highlight=False)
+        out.print(_data_line(data), markup=False, highlight=False)
     _plan_remarks(plan)
 
 
@@ -116,11 +118,12 @@ def launch(
         if dry_run:
             out.print(plan_table(plan))
             if _data_line(data):
-                out.print(_data_line(data), highlight=False)
+                out.print(_data_line(data), markup=False, highlight=False)
             _plan_remarks(plan)
             out.print(f"{len(plan.cells)} cells, {plan.total_trials} cohort units, {plan.total_members} members; "
                       f"resources per unit: cpu={study.resources.cpu} gpu={study.resources.gpu}")
-            out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}")
+            out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}",
+                      markup=False, highlight=False)
             return
         marker = study.study_dir() / "study.json"
         if resume and not marker.exists():
@@ -132,13 +135,14 @@ def launch(
     except DlorError as e:
         _fail(e)
     c = result.counts
-    out.print(f"[green]done[/] study {study.name!r} → {result.study_dir}: "
+    out.print(f"[green]done[/] study {escape(repr(study.name))} → {escape(str(result.study_dir))}: "
               + ", ".join(f"{c.get(k, 0)} {k}" for k in ("completed", "pruned", "diverged", "failed"))
               + f" ({c.get('refilled', 0)} slots refilled)")
     if result.fit is not None:
-        out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)")
+        out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)", markup=False)
     uri = result.tracking_uri
-    out.print(f"browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"browse: {uri}")
+    out.print(f"browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"browse: {uri}",
+              markup=False, highlight=False)
 
 
 def _study_info(study: str) -> dict:
@@ -167,7 +171,7 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
         from .search import cell_counts, format_pruned_at, storage
         info = _study_info(study)
         ost = storage(info["optuna_storage"])
-        t = Table(title=f"study {info['name']}")
+        t = Table(title=escape(f"study {info['name']}"))
         for c in ("cell", "asked", "running", "completed", "pruned", "pruned at (n@epoch)", "refilled",
                   "failed", "best val"):
             t.add_column(c, justify="left" if c in ("cell", "pruned at (n@epoch)") else "right")
@@ -178,12 +182,12 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
             c = cell_counts(trials)
             best = min((tr.value for tr in trials if tr.state == TrialState.COMPLETE and tr.value is not None),
                        default=None)
-            t.add_row(s.study_name.split("/", 1)[1], *(str(c[k]) for k in ("asked", "running", "completed", "pruned")),
+            t.add_row(escape(s.study_name.split("/", 1)[1]), *(str(c[k]) for k in ("asked", "running", "completed", "pruned")),
                       format_pruned_at(c["pruned_at"]), str(c["refilled"]), str(c["failed"]),
                       "—" if best is None else f"{best:.4g}")
         out.print(t)
         done = len(list((Path(info["study_dir"]) / "units").glob("*.done.json")))
-        out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}")
+        out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}", markup=False)
         import time
         for hb in sorted((Path(info["study_dir"]) / "heartbeats").glob("*.json")):
             try:
@@ -192,7 +196,8 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
                 continue
             age = time.time() - beat["ts"]
             state = "[red]dead?[/]" if age > 30 else "[green]running[/]"
-            out.print(f"unit {beat['unit']} on node {beat['node'][:12]}: {state} (heartbeat {age:.0f}s ago)")
+            out.print(f"unit {escape(str(beat['unit']))} on node {escape(str(beat['node'])[:12])}: {state} "
+                      f"(heartbeat {age:.0f}s ago)")
     except DlorError as e:
         _fail(e)
 
@@ -220,7 +225,7 @@ def fit(
 def _curves_table(c) -> Table:
     from rich.markup import escape  # "[0, 5]" in a cell would otherwise be read as markup
 
-    t = Table(title=f"scaling laws: {c.study} ({c.form})")
+    t = Table(title=escape(f"scaling laws: {c.study} ({c.form})"))
     for col in ("family", "points", "alpha [95% CI]", "E", "A", "extrapolation", "excluded", "flags"):
         t.add_column(col)
     for _, r in c.to_pandas().iterrows():
@@ -230,7 +235,7 @@ def _curves_table(c) -> Table:
             alpha += " NOT IDENTIFIED"  # CI on the fit's bounds: the number is not evidence
         ex = r["extrapolation_ok"]
         ex = "n/a" if ex is None or ex != ex else ("ok" if ex else "FAILED")
-        t.add_row(r["family"], str(r["n_points"]), alpha, f"{r['E']:.3g}", f"{r['A']:.3g}", ex,
+        t.add_row(escape(str(r["family"])), str(r["n_points"]), alpha, f"{r['E']:.3g}", f"{r['A']:.3g}", ex,
                   escape(", ".join(r.get("excluded_reasons", [])) or "—"), escape("; ".join(r["flags"])))
     return t
 
@@ -276,17 +281,18 @@ def curves(
             if output is None:
                 raise DlorError("--format parquet needs --output FILE")
             pq.write_table(with_units_metadata(c.to_arrow(), c.units), output)
-            out.print(f"wrote {output}")
+            out.print(f"wrote {output}", markup=False)
         elif format == "table":
             out.print(_curves_table(c))
             if _units_line(c.units):
-                out.print(_units_line(c.units), highlight=False)
+                out.print(_units_line(c.units), markup=False, highlight=False)
             for name, cmp in comparisons(c).items():
-                out.print(_comparison_line(name, cmp), highlight=False)
+                out.print(_comparison_line(name, cmp), markup=False, highlight=False)
             for p in predict:
                 for f in c:
                     pr = _pred(f, p)
-                    out.print(f"{f.family} at P={p:g}: {pr['error']:.4g} [{pr['lo']:.4g}, {pr['hi']:.4g}]")
+                    out.print(f"{f.family} at P={p:g}: {pr['error']:.4g} [{pr['lo']:.4g}, {pr['hi']:.4g}]",
+                              markup=False)
         else:
             raise DlorError(f"--format: unknown {format!r}; allowed: table, json, parquet")
     except DlorError as e:
@@ -330,7 +336,7 @@ def export(
         table = export_runs(study, out_file, tracking_uri, units=units)
     except DlorError as e:
         _fail(e)
-    out.print(f"wrote {table.num_rows} member runs to {out_file} (errors in {units} units)")
+    out.print(f"wrote {table.num_rows} member runs to {out_file} (errors in {units} units)", markup=False)
 
 
 @app.command()
@@ -347,7 +353,7 @@ def report(
         path = make_report(target, out_dir, tracking_uri, log=log)
     except DlorError as e:
         _fail(e)
-    out.print(f"wrote {path}")
+    out.print(f"wrote {path}", markup=False)
 
 
 def main():  # pragma: no cover - console entry point

@@ -160,3 +160,35 @@ def test_limits_are_generous_for_real_specs():
         assert f.stat().st_size < MAX_SPEC_BYTES / 20
         load_study(f)
 
+# --------------------------------------------------------------------------- rich markup in user text
+
+MARKUP_CASES = {
+    "name": (lambda: base_text(name="x[/x]"), "x[/x]"),
+    "name [b]": (lambda: base_text(name="[b]x"), "[b]x"),
+    "family label": (lambda: base_text(families={"[/x]": {"family": "dense", "width": 4, "depth": 1}}), "[/x]"),
+    "unknown key": (lambda: base_text() + "'[/x]': 1\n", "[/x]"),
+    "unknown key [b]": (lambda: base_text() + "'[b]oops': 1\n", "[b]oops"),
+}
+
+
+@pytest.mark.parametrize("case", list(MARKUP_CASES), ids=list(MARKUP_CASES))
+def test_markup_in_user_text_prints_literally(case, tmp_path):
+    """rich would raise MarkupError on "[/x]" and silently eat "[b]"."""
+    make, literal = MARKUP_CASES[case]
+    folder = tmp_path / "["  # the spec path itself holds markup: ".../[/x].yaml"
+    folder.mkdir()
+    spec = folder / "x].yaml"
+    spec.write_text(make())
+    assert_rejected(spec, tmp_path, literal, "[/x].yaml")
+
+
+def test_markup_in_a_valid_spec_path_prints_literally(tmp_path):
+    folder = tmp_path / "[b]"
+    folder.mkdir()
+    spec = folder / "s.yaml"
+    spec.write_text(base_text())
+    for cmd in (["validate", str(spec)], ["launch", "--dry-run", str(spec)]):
+        r = run_cli(cmd, tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+    assert str(spec) in run_cli(["validate", str(spec)], tmp_path).stdout.replace("\n", "")
