@@ -268,7 +268,11 @@ class Curves:
         return len(self._curves)
 
     def compare(self, a: str, b: str, target_error: float | None = None) -> dict[str, Any]:
-        """``fit.compare`` for two families; FitError if either has no fit."""
+        """``fit.compare`` for two families; FitError if either has no fit.
+
+        ``identified`` / ``verdict`` say whether Δα means anything: with either exponent not
+        identified the verdict is "not identified" and no Δα CI is given. The two fits'
+        bootstraps are independent (seeds derived per family)."""
         ca, cb = self.family(a), self.family(b)
         for c in (ca, cb):
             if c.fit is None:
@@ -425,14 +429,14 @@ def _fit_family(family: str, pts: pa.Table, *, form, n_boot, seed, holdout, rel_
         fit = fit_law(P, L, stderr=se, level=level, **kw)
     except FitError as exc:
         return FamilyCurve(family, form, pts, None,
-                           {"ok": None, "reason": "no fit", "held_out": []},
+                           {"ok": None, "verdict": "n/a", "reason": "no fit", "held_out": []},
                            head + [f"fit failed: {exc}"], excluded)
     flags = head + list(fit.flags)
     ex = extrapolation_check(P, L, stderr=se, holdout=holdout, level=level, rel_tol=rel_tol,
                              **kw)
     if ex["ok"] is not None and not fit.alpha_identified:
         # the reduced fit may pin α by luck; the full fit cannot, so the check says nothing
-        ex["ok"] = None
+        ex["ok"], ex["verdict"] = None, "n/a"
         ex["reason"] = f"α not identified by the full fit ({fit.identification})"
     if ex["ok"] is None:
         flags.append(f"extrapolation n/a: {ex['reason']}")
