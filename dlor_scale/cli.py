@@ -86,9 +86,12 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
 
 
 def _plan_remarks(plan) -> None:
-    """Shape warnings (untrainable cells, changing fixed axes) and designed growth notes."""
+    """Shape warnings (untrainable cells, changing fixed axes), search warnings (a sampler/
+    pruner/slots combination that cannot prune or learn) and designed growth notes."""
     from rich.markup import escape
-    for w in plan.warnings:
+
+    from .spec import search_warnings
+    for w in (*plan.warnings, *search_warnings(plan.study)):
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     for n in plan.notes:
         out.print(f"note: {escape(n)}", highlight=False)
