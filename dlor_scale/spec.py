@@ -74,6 +74,12 @@ LOCATION_FIELDS = ("tracking_uri", "optuna_storage", "ray_address", "output_dir"
 #: Shapes a family's grid may enumerate: the solver counts them vectorised (~20 ns a
 #: shape) and builds only the fitting ones, so a wide width range × depth range is fine.
 MAX_GRID = 500_000
+#: All families' grids together (30 families of 99,999 shapes took minutes to plan).
+MAX_TOTAL_GRID = 2_000_000
+#: Plan-size bounds checked before anything is enumerated: a cell per (family, budget),
+#: and axis values no machine could hold (``depth: 1e9`` would allocate gigabytes).
+MAX_BUDGETS = 64
+AXIS_MAX = {"width": 1_000_000, "depth": 10_000, "rank": 1_000_000, "branches": 10_000}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -141,7 +147,7 @@ NonNegIntOrAuto = _int_or_auto(0)
 
 def _check_name(v: str) -> str:
     """Names become folder names and Optuna/MLflow keys: no separators, no ``..``."""
-    if not _NAME_RE.match(v) or ".." in v:
+    if not _NAME_RE.fullmatch(v) or ".." in v:  # fullmatch: "$" would allow a trailing newline
         raise _fail(
             "must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit "
             "and contain no '..' (it names a folder)"
@@ -257,6 +263,15 @@ class FamilySpec(_Model):
     def _non_negative(cls, v):
         if _axis_min(v) < 0:
             raise _fail(f"values must be ≥ 0 (smallest is {_axis_min(v)})")
+        return v
+
+    @field_validator("width", "depth", "rank", "branches")
+    @classmethod
+    def _at_most(cls, v, info):
+        """Bounded before any grid is built (`AXIS_MAX`)."""
+        top = v.max if isinstance(v, IntRange) else max(axis_values(v))
+        if top > AXIS_MAX[info.field_name]:
+            raise _fail(f"values must be ≤ {AXIS_MAX[info.field_name]:,} (limit AXIS_MAX; largest is {top:,})")
         return v
 
     def resolved_max_depth(self) -> int | None:
@@ -548,7 +563,7 @@ class Study(_Model):
     description: str = ""
     target: TargetSpec
     activation: Literal[ACTIVATIONS] = "tanh"  # type: ignore[valid-type]
-    budgets: Annotated[list[PosInt], Field(min_length=1)]
+    budgets: Annotated[list[PosInt], Field(min_length=1, max_length=MAX_BUDGETS)]
     tolerance: Annotated[Float, Field(gt=0, le=0.5)] = 0.02
     policy: Literal[budget_solver.POLICIES] = budget_solver.DEFAULT_POLICY  # type: ignore[valid-type]
     shapes_per_cell: PosInt = Field(1, description="best shapes kept per cell; its trials are split over them")
@@ -1020,6 +1035,11 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
                 "narrow them or use a range step", has_got=False)
         if users_ok:
             feasible.append(label)
+    total = sum(f.grid_size() for f in s.families.values())
+    if total > MAX_TOTAL_GRID:
+        bad("families", f"the families' ranges span {total:,} shapes together (limit MAX_TOTAL_GRID = "
+            f"{MAX_TOTAL_GRID:,}); narrow them or use range steps", has_got=False)
+        feasible = []
 
     for label in feasible:
         try:  # one enumeration of the family's grid for all budgets

@@ -101,10 +101,23 @@ class Dataset:
 
 
 class _TargetBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No inf/NaN anywhere (``noise: .inf`` would poison every label).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = Field(0, ge=0)
     noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to TRAIN targets only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        """``n_train: true`` is not 1 (pydantic's lax int/float would read it so)."""
+        if isinstance(data, dict):
+            for k, v in data.items():
+                f = cls.model_fields.get(k) if isinstance(k, str) else None
+                if f is not None and f.annotation is not bool and (
+                        isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v))):
+                    raise ValueError(f"{k}: must be a number, not a boolean (got {v!r})")
+        return data
 
 
 class _SyntheticBase(_TargetBase):

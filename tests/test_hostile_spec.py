@@ -192,3 +192,42 @@ def test_markup_in_a_valid_spec_path_prints_literally(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Traceback" not in r.stderr
     assert str(spec) in run_cli(["validate", str(spec)], tmp_path).stdout.replace("\n", "")
+
+
+# --------------------------------------------------------------------------- numbers, names, plan size
+
+def _target(**kw) -> dict:
+    return {**BASE["target"], **kw}
+
+
+VALUE_CASES = {
+    "n_train true": ({"target": _target(n_train=True)}, "n_train: must be a number, not a boolean"),
+    "seed true": ({"target": _target(seed=True)}, "seed: must be a number, not a boolean"),
+    "noise true": ({"target": _target(noise=True)}, "noise: must be a number, not a boolean"),
+    "noise .inf": ({"target": _target(noise=float("inf"))}, "target.noise: Input should be a finite number"),
+    "noise 'inf'": ({"target": _target(noise="inf")}, "target.noise: Input should be a finite number"),
+    "noise nan": ({"target": _target(noise=float("nan"))}, "target.noise: Input should be a finite number"),
+    "name trailing newline": ({"name": "t\n"}, "name: must be 1-64 letters"),
+    "name NUL": ({"name": "t\x00x"}, "name: must be 1-64 letters"),
+    "label trailing newline": ({"families": {"dense\n": {"family": "dense", "width": 4, "depth": 1}}},
+                               "must be 1-64 letters"),
+    "100,000 budgets": ({"budgets": list(range(1, 100_001))}, "limit MAX_YAML_NODES"),  # caught even earlier
+    "1,500 budgets": ({"budgets": list(range(100, 1600))}, "budgets: List should have at most 64 items"),
+    "depth 1e9": ({"families": {"dense": {"width": 4, "depth": 10**9}}}, "families.dense.depth: values must be ≤ 10,000"),
+    "depth 1e12": ({"families": {"dense": {"width": 4, "depth": 10**12}}}, "limit AXIS_MAX"),
+    "width 1e9 range": ({"families": {"dense": {"width": {"min": 1, "max": 10**9}, "depth": 1}}},
+                        "families.dense.width: values must be ≤ 1,000,000"),
+    "30 families x 99,999 shapes": (
+        {"families": {f"f{i}": {"family": "dense", "width": {"min": 1, "max": 99_999}, "depth": 1} for i in range(30)}},
+        "MAX_TOTAL_GRID"),
+}
+
+
+@pytest.mark.parametrize("case", list(VALUE_CASES), ids=list(VALUE_CASES))
+def test_numbers_names_and_plan_size_are_strict(case, tmp_path):
+    """Booleans/inf/NaN are not numbers, names are a safe charset (no newline, no NUL),
+    and the plan's size is bounded before anything is enumerated."""
+    changes, fragment = VALUE_CASES[case]
+    spec = tmp_path / "s.yaml"
+    spec.write_text(base_text(**changes))
+    assert_rejected(spec, tmp_path, fragment, bomb=True)

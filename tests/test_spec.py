@@ -161,7 +161,7 @@ CORPUS = [
     ("diag-bad", with_family("dlor_deep", diag="sparse:0"), "families.dlor_deep.diag", "allowed: scalar, full, none"),
     ("io-bad", with_family("dense", io="conv"), "families.dense.io", "allowed: auto, dense, lowrank"),
     ("grid-too-large", with_family("dense", width={"min": 1, "max": 200_000}), "families.dense", "limit"),
-    ("grid-astronomical", with_family("dense", width={"min": 1, "max": 10**12}), "families.dense", "limit"),
+    ("grid-astronomical", with_family("dense", width={"min": 1, "max": 10**12}), "families.dense.width", "limit AXIS_MAX"),  # axis bound, before the grid
     # search space distributions
     ("dist-low-ge-high", with_space("lr", {"type": "float", "low": 0.1, "high": 0.1}), "search_space.lr", "must be < high"),
     ("dist-log-nonpositive", with_space("weight_decay", {"type": "float", "low": 0, "high": 1, "log": True}),
