@@ -293,7 +293,7 @@ def test_budget_study_is_the_headline():
     s = shipped("budget")
     assert set(s.families) >= {"dense", "lowrank", "dlor_deep", "dlor_wide"}
     assert len(s.budgets) >= 5 and s.budgets[-1] / s.budgets[0] >= 100
-    assert s.trials_per_cell == 64 and s.cohort_size == "auto" and s.epochs == 5000
+    assert s.trials_per_cell == 96 and s.cohort_size == "auto" and s.epochs == 5000
     assert s.resources.gpu == 0.25 and s.confirm.top_k == 3 and s.confirm.seeds == 5
 
 
