@@ -1023,9 +1023,7 @@ def baseline_error(data, metric: str) -> float:
     """Val error of the mean predictor (the train targets' mean): what "not trained" is."""
     y = data.y_val.double()
     d = y - data.y_train.double().mean(dim=0, keepdim=True)
-    mse = d.square().mean()
-    return float({"mse": mse, "rmse": mse.sqrt(), "max_abs": d.abs().max(),
-                  "rel_l2": torch.linalg.vector_norm(d) / torch.linalg.vector_norm(y)}[metric])
+    return float(_error_of(d.unsqueeze(0), metric, float(torch.linalg.vector_norm(y)))[0])
 
 
 def _set_matmul_precision(value: str, device: torch.device) -> str:

@@ -394,8 +394,6 @@ def test_warnings_name_the_fix_and_strict_refuses():
     assert "16 trials (trials_per_cell)" in line and "fix: pruner.n_startup_trials ≤ 8" in line
     # random search in one wave is deliberate: no learning warning
     assert _paths(cohort_size=16, sampler={"kind": "random"}) == []
-    if "strict" not in __import__("dlor_scale.spec", fromlist=["Study"]).Study.model_fields:
-        pytest.skip("the study has no strict field yet")
     with pytest.raises(SpecError, match=r"trials_per_cell: strict: all 16 trials"):
         parse_study(_spec(cohort_size=16, strict=True))
 
