@@ -6,7 +6,6 @@ member), so it costs nothing in the training loop.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -47,9 +46,9 @@ class Progress:
     def mark_done(self, units: list[dict], study_dir: Path) -> None:
         from .worker import UnitFiles
         for u in units:
-            f = UnitFiles(study_dir, u["id"]).done
-            if f.exists():
-                self.latest[u["id"]] = json.loads(f.read_text())
+            done = UnitFiles(study_dir, u["id"]).read_done()   # corrupt: None, set aside, logged
+            if done is not None:
+                self.latest[u["id"]] = done
                 self.done_units.add(u["id"])
         self.refresh()
 

@@ -22,9 +22,11 @@ every later ask sees every told result, pruned ones included.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -60,6 +62,41 @@ def storage(url: str) -> optuna.storages.BaseStorage:
     else:
         kw = {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """A dropped/terminated connection, a timeout or a lock: worth retrying. Optuna wraps
+    SQLAlchemy errors raised in a commit as ``StorageInternalError``."""
+    import sqlalchemy.exc as sa
+    if isinstance(exc, (ConnectionError, TimeoutError, optuna.exceptions.StorageInternalError)):
+        return True
+    return isinstance(exc, sa.SQLAlchemyError) and not isinstance(exc, sa.IntegrityError)
+
+
+#: Backoff of `db_retry`: 0.5, 1, 2, 4, 8, 8, ... s; ~60 s in all before giving up.
+DB_ATTEMPTS, DB_BASE_DELAY, DB_MAX_DELAY = 10, 0.5, 8.0
+
+
+def db_retry(fn: Callable, what: str, *, attempts: int | None = None, on_retry: Callable | None = None):
+    """``fn()``, retried with exponential backoff on transient storage errors (a
+    PostgreSQL backend terminated, a restart, a lock). ``fn`` must be safe to repeat;
+    ``on_retry()``, if given, runs before each retry (to check whether the failed call
+    landed after all). Other errors propagate at once."""
+    n = attempts or DB_ATTEMPTS
+    for i in range(n):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001
+            if i == n - 1 or not transient_db_error(exc):
+                raise
+            delay = min(DB_BASE_DELAY * 2 ** i, DB_MAX_DELAY)
+            log.warning("Optuna storage: %s failed (%s: %s); retrying in %.1fs", what,
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", delay)
+            time.sleep(delay)
+            if on_retry is not None:
+                out = on_retry()
+                if out is not None:
+                    return out
 
 
 class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
@@ -430,7 +467,8 @@ class OptunaSource:
         self.told_steps: dict[str, set[int]] = {}   # steps already in storage, per key
         self.best: dict[str, float] = {k: float(v) for k, v in (resume_best or {}).items()
                                        if v is not None and math.isfinite(v)}
-        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("unit") == unit]
+        mine = self._mine()
+        self.seen = {t.number for t in mine}   # trials of this unit this source knows of
         self.started = len(mine)
         self.freed = any(t.state.is_finished() for t in mine)
         self.requeue = [t for t in mine if t.state == TrialState.RUNNING and t.number not in in_flight]
@@ -452,30 +490,93 @@ class OptunaSource:
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
 
+    def _mine(self) -> list:
+        trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
+        return [t for t in trials if t.user_attrs.get("unit") == self.unit]
+
     def unit_counts(self) -> dict:
         """Trials this unit asked and refilled over *all* its attempts (read from storage,
         so a resumed unit is counted once, not once per attempt)."""
-        mine = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("unit") == self.unit]
+        mine = self._mine()
         return {"asked": len(mine), "refilled": sum(bool(t.user_attrs.get("refill")) for t in mine)}
+
+    def member_states(self, ledger: dict[str, str] | None = None) -> dict[str, str]:
+        """``{key: state}`` of this unit's finished members over all its attempts, from
+        Optuna (the source of truth); ``ledger`` tells diverged from failed (both FAIL)."""
+        ledger = ledger or {}
+        out = {}
+        for t in self._mine():
+            key = self._key(t.number)
+            if t.state == TrialState.COMPLETE:
+                out[key] = "completed"
+            elif t.state == TrialState.PRUNED:
+                out[key] = "pruned"
+            elif t.state == TrialState.FAIL:
+                out[key] = ledger.get(key) if ledger.get(key) in ("diverged", "failed") else "failed"
+        return out
+
+    def _ask(self) -> optuna.Trial:
+        """A new trial of this unit, created *with* its ``unit`` (and ``refill``) attributes
+        in one storage commit: a connection dropped after the create can never leave a
+        RUNNING trial that no unit owns. A create that failed transiently but landed is
+        found (a RUNNING trial of this unit this source has not seen) and adopted, so a
+        retry never makes two."""
+        attrs = {"unit": self.unit, **({"refill": True} if self.freed else {})}
+        waiting = db_retry(self.study._pop_waiting_trial_id, "pop an enqueued trial")
+        if waiting is not None:   # enqueued by hand (tests, warm starts): not atomic, retried
+            for k, v in attrs.items():
+                db_retry(lambda k=k, v=v: self.study._storage.set_trial_user_attr(waiting, k, v),
+                         "set a trial attribute")
+            trial_id = waiting
+        else:
+            template = optuna.trial.FrozenTrial(
+                number=-1, state=TrialState.RUNNING, value=None, values=None,
+                datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+                distributions={}, user_attrs=attrs, system_attrs={}, intermediate_values={},
+                trial_id=-1)
+
+            def landed():
+                new = [t for t in self._mine() if t.number not in self.seen and t.state == TrialState.RUNNING]
+                return min(new, key=lambda t: t.number)._trial_id if new else None
+
+            trial_id = db_retry(lambda: self.study._storage.create_new_trial(self.study._study_id, template),
+                                "create a trial", on_retry=landed)
+        self.study._thread_local.cached_all_trials = None
+        trial = optuna.Trial(self.study, trial_id)
+        self.seen.add(trial.number)
+        return trial
+
+    def _suggest(self, trial: optuna.Trial) -> dict:
+        """Sample (or read back) the trial's parameters. Safe to repeat: a parameter the
+        trial already holds is returned as stored, a missing one is sampled, so a trial
+        left RUNNING without (some of) its parameters is completed in place."""
+        def attempt():
+            return suggest(optuna.Trial(self.study, trial._trial_id), self.space)
+        return db_retry(attempt, "sample parameters")
 
     def next_member(self) -> MemberSpec | None:
         if self.requeue:
             frozen = self.requeue.pop(0)
             trial = optuna.Trial(self.study, frozen._trial_id)
-            params = dict(frozen.params)
-            params.update({k: v for k, v in self.space.items() if isinstance(v, (int, float))})
+            missing = [k for k, v in self.space.items()
+                       if not isinstance(v, (int, float)) and k not in frozen.params]
+            if missing:
+                log.warning("Optuna trial %d of %s was left RUNNING without %s (a connection dropped "
+                            "between its ask and its sampling); sampling them now",
+                            frozen.number, self.unit, ", ".join(missing))
+            params = self._suggest(trial)
             self.told_steps[self._key(trial.number)] = set(frozen.intermediate_values)
         else:
             if self.started >= self.quota:
                 return None
-            trial = self.study.ask()
-            self.started += 1
-            trial.set_user_attr("unit", self.unit)  # key and seed derive from the number
             if self.freed:
-                trial.set_user_attr("refill", True)
                 self.counts["refilled"] += 1
+            trial = self._ask()
+            self.started += 1
             self.counts["asked"] += 1
-            params = suggest(trial, self.space)
+            from .tracking import failpoint   # (lazy: tracking imports MLflow)
+            failpoint("optuna.asked")   # chaos tests: lost between the ask and the sampling
+            params = self._suggest(trial)
             self.fresh.add(self._key(trial.number))
             self.told_steps[self._key(trial.number)] = set()
         key = self._key(trial.number)
@@ -486,7 +587,8 @@ class OptunaSource:
     def _tell_step(self, key: str, value: float, step: int) -> None:
         steps = self.told_steps.setdefault(key, set())
         if step not in steps:  # a resumed member re-reports steps already stored
-            self.trials[key].report(float(value), int(step))
+            trial = self.trials[key]
+            db_retry(lambda: trial.report(float(value), int(step)), "report a step")
             steps.add(step)
 
     def on_report_round(self, reports) -> set[str]:
@@ -516,7 +618,7 @@ class OptunaSource:
                 if trial.should_prune():
                     prune.add(key)
         if judged:
-            trials = self.study.get_trials(deepcopy=False)
+            trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
             tables: dict[int, dict[int, float]] = {}
             for key, number, step, value in judged:
                 if step not in tables:
@@ -554,7 +656,7 @@ class OptunaSource:
         self.fresh.discard(result.key)
         # PRUNED takes its last intermediate value (best val at the pruning rung) as its
         # value: TPE ranks it among the bad results instead of ignoring it.
-        self.study.tell(trial, value, state=state, skip_if_finished=True)
+        db_retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True), "tell a result")
         self.counts[result.state] = self.counts.get(result.state, 0) + 1
 
 

@@ -21,8 +21,10 @@ import logging
 import math
 import os
 import queue
+import signal
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,6 +56,47 @@ def _sqlite_wal(dbapi_conn, _record):
         cur.close()
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+
+
+_FAILPOINT_HITS: dict[str, int] = {}
+
+
+class FailpointError(ConnectionError):
+    """Raised by a ``raise`` failpoint: looks like a dropped connection (a transient error)."""
+
+
+def failpoint(name: str) -> None:
+    """Fault injection for the chaos tests; a no-op unless ``DLOR_FAILPOINTS`` is set.
+
+    ``DLOR_FAILPOINTS="name:action[:times[:skip]],..."`` makes the process reaching
+    ``name`` ``kill`` itself (SIGKILL: a worker lost mid-write) or ``raise`` a
+    `FailpointError` (a dropped DB connection), ``times`` times in all (default once),
+    counted across processes and retries by marker files in ``DLOR_FAILPOINT_DIR``;
+    the first ``skip`` hits in each process pass.
+    """
+    spec = os.environ.get("DLOR_FAILPOINTS")
+    if not spec:
+        return
+    for item in spec.split(","):
+        fname, _, rest = item.strip().partition(":")
+        if fname != name:
+            continue
+        action, times, skip = (rest.split(":") + ["", "", ""])[:3]
+        _FAILPOINT_HITS[name] = _FAILPOINT_HITS.get(name, 0) + 1
+        if _FAILPOINT_HITS[name] <= int(skip or 0):
+            return
+        folder = Path(os.environ.get("DLOR_FAILPOINT_DIR") or tempfile.gettempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(int(times or 1)):
+            try:
+                os.close(os.open(folder / f"{name}.{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            log.warning("failpoint %s: %s", name, action or "kill")
+            if action in ("", "kill"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise FailpointError(f"failpoint {name}: connection dropped")
+        return
 
 
 def code_version() -> str:
@@ -175,6 +218,10 @@ class Tracker:
         """
         existing = None if fresh else self.find_run(key)
         if existing is not None and existing.data.tags.get("dlor.complete") == "1":
+            # Everything is in, but a writer killed between the last batch and
+            # set_terminated leaves the run RUNNING: the replay terminates it.
+            if existing.info.status != status:
+                self.finish(existing.info.run_id, status)
             return existing.info.run_id
         if existing is None:
             all_tags = {"dlor.key": key, "kind": kind, **{k: str(v) for k, v in tags.items()}}
@@ -196,6 +243,7 @@ class Tracker:
         # `dlor.complete` rides in the last batch: it is set only once everything is in.
         self.log_batch(run_id, params=params if fresh else _new_params(existing, params),
                        tags={} if fresh else tags, metrics=metrics, final_tags={"dlor.complete": "1"})
+        failpoint("mlflow.complete")
         self.finish(run_id, status)
         return run_id
 
@@ -230,7 +278,16 @@ class Tracker:
         left = 0
         for path in sorted(self.outbox.glob("*.json")):
             try:
-                self.record_run(**json.loads(path.read_text()))
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                # park() writes atomically, so only outside damage gets here: keep the file
+                # aside for inspection instead of failing every replay on it.
+                bad = path.with_name(path.name + ".corrupt")
+                os.replace(path, bad)
+                log.warning("outbox record %s is unreadable (%s); moved to %s", path, exc, bad)
+                continue
+            try:
+                self.record_run(**record)
                 path.unlink()
             except Exception as exc:  # noqa: BLE001
                 log.warning("still cannot write %s: %s", path.name, exc)

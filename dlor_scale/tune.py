@@ -30,7 +30,7 @@ from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan
 from .tracking import Tracker, code_version
 from .units import check_same_data, scale_params
-from .worker import UnitFiles, unit_dict
+from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,13 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     study_dir = Path(ctx["study_dir"])
     marker = study_dir / "study.json"
     if marker.exists():
-        old = json.loads(marker.read_text())
+        try:
+            old = json.loads(marker.read_text())
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise DlorError(f"{marker} is unreadable ({e}): cannot tell whether {study_dir} holds study "
+                            f"{study.name!r}; restore the file or remove the folder") from None
         check_same_data(old, ctx.get("data"), study.name, study_dir)
         if old.get("spec_hash") != ctx["spec_hash"]:
             raise SpecError(
@@ -137,9 +143,10 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
                 f"spec (hash {old.get('spec_hash')} ≠ {ctx['spec_hash']}); rename the study or remove the folder"
             )
     study_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
-                                  "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
-                                  "spec": ctx["spec"], "data": ctx.get("data")}, indent=1))
+    atomic_write_bytes(marker, json.dumps(
+        {"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
+         "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
+         "spec": ctx["spec"], "data": ctx.get("data")}, indent=1).encode())
     # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
     art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
     tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
@@ -254,8 +261,9 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())  # the file checked above
     tracker = prepare_stores(study, plan, ctx, resume=True)
     study_dir = Path(ctx["study_dir"])
+    clean_stray_tmp(study_dir)   # writers killed mid-write in an earlier launch; none runs now
     units = search_units(study, plan)
-    todo = [u for u in units if not UnitFiles(study_dir, u["id"]).done.exists()]
+    todo = [u for u in units if not UnitFiles(study_dir, u["id"]).is_done()]
     finished = not todo and (study.confirm is None or _confirm_done(study_dir))
     started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
     try:
@@ -269,7 +277,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
         if progress and cunits:
             progress.add_phase(cunits)
-        ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).done.exists()]
+        ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).is_done()]
         failed = _run_phase(ctodo, ctx, study, "confirm", progress)
         if failed:
             raise DlorError(f"{len(failed)} confirmation unit(s) failed: {', '.join(failed)}")
@@ -278,6 +286,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         left = flush_all_outboxes(ctx)
         if left:
             raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
+        close_member_runs(tracker)
     finally:
         if progress:
             progress.stop()
@@ -318,6 +327,22 @@ def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
         tracker.finish(run_id)
 
 
+def close_member_runs(tracker: Tracker) -> int:
+    """Terminate member runs whose record is complete but that were left RUNNING (a
+    writer killed between its last batch and ``set_terminated``, in a version whose
+    replay did not repair that). Returns how many were closed."""
+    runs = tracker.runs(kind="member", extra_filter="attributes.status = 'RUNNING'")
+    n = 0
+    for r in runs:
+        if r.data.tags.get("dlor.complete") == "1":
+            ok = r.data.tags.get("state") in ("completed", "pruned")
+            tracker.finish(r.info.run_id, "FINISHED" if ok else "FAILED")
+            n += 1
+    if n:
+        log.warning("terminated %d complete member run(s) left RUNNING", n)
+    return n
+
+
 def _confirm_done(study_dir: Path) -> bool:
     """True once a previous launch finished the confirmation phase (marker file)."""
     return (study_dir / "units" / "confirm.complete").exists()
@@ -327,9 +352,9 @@ def unit_totals(study_dir: Path, units: list[dict]) -> dict:
     """Sum of the finished units' summaries (member states, train/eval seconds)."""
     tot: dict = {}
     for u in units:
-        f = UnitFiles(study_dir, u["id"]).done
-        if f.exists():
-            for k, v in json.loads(f.read_text()).items():
+        done = UnitFiles(study_dir, u["id"]).read_done()
+        if done is not None:
+            for k, v in done.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     tot[k] = tot.get(k, 0) + v
     return tot

@@ -10,7 +10,9 @@ continues where the last attempt stopped and trains nothing twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,23 +21,65 @@ import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
 from .models import Shape, count_params
-from .tracking import AsyncRecorder, Tracker, code_version
+from .tracking import AsyncRecorder, Tracker, code_version, failpoint
+
+log = logging.getLogger(__name__)
 
 _DATA_CACHE: dict[str, object] = {}
+
+#: Names of the temporary files `atomic_write_bytes` (and the outbox) write before a rename.
+TMP_NAME = re.compile(r".*\.tmp\d+$")
 
 
 def safe(unit_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in unit_id)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, fail_at: str | None = None) -> None:
+    """Write ``path`` all or nothing: a tmp file, fsynced, renamed over it. A process
+    killed in between leaves a stray ``*.tmp<pid>`` (removed by `clean_stray_tmp`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(data)
+        half = len(data) // 2
+        f.write(data[:half])
+        if fail_at:
+            f.flush()
+            failpoint(fail_at)   # chaos tests: killed in the middle of the write
+        f.write(data[half:])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def clean_stray_tmp(folder: Path) -> list[Path]:
+    """Remove the ``*.tmp<pid>`` files writers killed mid-write left under ``folder``
+    (Ray's own ``tune/`` folder excluded). Call only while nothing of the study runs."""
+    gone = []
+    if not folder.exists():
+        return gone
+    for p in folder.rglob("*.tmp*"):
+        if "tune" in p.relative_to(folder).parts[:1] or not TMP_NAME.fullmatch(p.name) or not p.is_file():
+            continue
+        try:
+            p.unlink()
+            gone.append(p)
+        except OSError:
+            pass
+    if gone:
+        log.info("removed %d stray tmp file(s) under %s", len(gone), folder)
+    return gone
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Move an unreadable state file to ``<path>.corrupt`` (kept for inspection, never
+    read again: the warning is logged once) and say so, naming the file."""
+    bad = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, bad)
+    except FileNotFoundError:
+        return   # another reader set it aside first
+    log.warning("%s is unreadable (%s); moved to %s and ignored", path, why, bad)
 
 
 class UnitFiles:
@@ -48,28 +92,105 @@ class UnitFiles:
         self.ledger = study_dir / "ledger" / f"{name}.jsonl"
         self.outbox = study_dir / "outbox" / name  # per unit: no two writers share one
 
+    # ----------------------------------------------------------- done marker
+    def read_done(self) -> dict | None:
+        """The unit's summary if it finished, else None. An empty or corrupt marker
+        (written by hand, or by a tool that is not atomic) does not count as done: it is
+        set aside, logged once with its path, and the unit runs again (a finished unit
+        re-runs in seconds: Optuna and the ledger say every member is done)."""
+        try:
+            raw = self.done.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            _set_aside(self.done, str(e))
+            return None
+        try:
+            out = json.loads(raw)
+            if not isinstance(out, dict):
+                raise ValueError(f"a JSON {type(out).__name__}, not an object")
+        except ValueError as e:
+            _set_aside(self.done, "empty" if not raw.strip() else f"not a unit summary: {e}")
+            return None
+        return out
+
+    def is_done(self) -> bool:
+        return self.read_done() is not None
+
+    def write_done(self, summary: dict) -> None:
+        atomic_write_bytes(self.done, json.dumps(summary).encode())
+
+    # ----------------------------------------------------------- ledger
+    def ledger_states(self) -> dict[str, str]:
+        """``{member key: state}`` of the finished members. Read tolerantly: one entry per
+        key (the last wins), lines that do not parse (a pre-atomic ledger cut by a kill)
+        skipped with a warning."""
+        try:
+            text = self.ledger.read_text()
+        except FileNotFoundError:
+            return {}
+        out, bad = {}, 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+                out[str(e["key"])] = str(e["state"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+        if bad:
+            log.warning("%s: %d unreadable line(s) skipped", self.ledger, bad)
+        return out
+
     def finished_keys(self) -> set[str]:
-        if not self.ledger.exists():
-            return set()
-        return {json.loads(line)["key"] for line in self.ledger.read_text().splitlines() if line.strip()}
+        return set(self.ledger_states())
 
     def append_ledger(self, key: str, state: str) -> None:
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger, "a") as f:
-            f.write(json.dumps({"key": key, "state": state}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Record a finished member exactly once: the ledger is rewritten whole and
+        atomically (a kill leaves the old or the new one, never a cut or doubled line),
+        and a key already there with the same state writes nothing."""
+        entries = self.ledger_states()
+        if entries.get(key) == state:
+            return
+        entries[key] = state
+        atomic_write_bytes(self.ledger, "".join(json.dumps({"key": k, "state": v}) + "\n"
+                                                for k, v in entries.items()).encode())
 
+    # ----------------------------------------------------------- checkpoint
     def save_checkpoint(self, state: dict) -> None:
         import io
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint, buf.getvalue())
+        atomic_write_bytes(self.checkpoint, buf.getvalue(), fail_at="checkpoint.write")
+        failpoint("checkpoint.saved")
 
     def load_checkpoint(self) -> dict | None:
+        """The unit's cohort checkpoint, or None. A truncated or corrupt one is set aside
+        (logged once with its path) and the unit continues without it: members in flight
+        are retrained from their Optuna trials (search) or the ledger (confirm)."""
         if not self.checkpoint.exists():
             return None
-        return torch.load(self.checkpoint, weights_only=False)
+        try:
+            state = torch.load(self.checkpoint, weights_only=False, map_location="cpu")
+            members = state["members"] if isinstance(state, dict) else None
+            if not isinstance(members, list) or not all(
+                    m is None or (isinstance(m, dict) and isinstance(m.get("spec"), dict) and "key" in m["spec"])
+                    for m in members):
+                raise ValueError("not a cohort checkpoint")
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - torch raises OSError/RuntimeError/EOFError/pickle errors
+            _set_aside(self.checkpoint, f"{type(e).__name__}: {e}")
+            return None
+        return state
+
+    def clean_tmp(self) -> None:
+        """Stray tmp files of this unit (its checkpoint, its outbox): it is not running
+        anywhere else while it starts."""
+        for p in [*self.checkpoint.parent.glob(self.checkpoint.name + ".tmp*"),
+                  *(self.outbox.glob("*.tmp*") if self.outbox.exists() else [])]:
+            if TMP_NAME.fullmatch(p.name):
+                p.unlink(missing_ok=True)
 
 
 class Heartbeat:
@@ -194,14 +315,16 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     """
     import optuna
 
-    from .search import FixedSource, OptunaSource, storage
+    from .search import FixedSource, OptunaSource, db_retry, storage
     from .spec import parse_study
 
     study = parse_study(ctx["spec"], ctx["source"])
     study_dir = Path(ctx["study_dir"])
     files = UnitFiles(study_dir, unit["id"])
-    if files.done.exists():
-        return json.loads(files.done.read_text())
+    done = files.read_done()
+    if done is not None:
+        return done
+    files.clean_tmp()
     torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
     data = dataset_for(study, Path(ctx["base_dir"]))
     shape = Shape(**unit["shape"])
@@ -214,17 +337,24 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     t0 = time.time()
     progress = {"unit": unit["id"], "cell": unit["cell"], "completed": 0, "pruned": 0,
                 "diverged": 0, "failed": 0}
+    # Member states over *all* attempts of the unit (the ledger), so a resumed unit
+    # reports (and its done marker sums) every member, not only this attempt's.
+    states = files.ledger_states()
 
     def publish(result: MemberResult):
-        progress[result.state] = progress.get(result.state, 0) + 1
+        files.append_ledger(result.key, result.state)
+        states[result.key] = result.state
+        progress.update(_state_counts(states.values()))
         if report is not None:
             report({**progress, "elapsed_s": time.time() - t0, "done": False})
 
+    progress.update(_state_counts(states.values()))
+
     if unit["phase"] == "search":
-        ostudy = optuna.load_study(
+        ostudy = db_retry(lambda: optuna.load_study(
             study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]),
             sampler=_sampler(study, unit), pruner=_pruner(study),
-        )
+        ), "load the Optuna study")
         # running best val of members resumed mid-training (pruners judge best-so-far)
         resume_best = {m["spec"]["key"]: m["best_val"] for m in resume["members"] if m} if resume else None
 
@@ -243,7 +373,6 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         def on_result(result: MemberResult):
             recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=None,
                                           settings=settings))
-            files.append_ledger(result.key, result.state)
             publish(result)
 
         source = FixedSource(members, skip=files.finished_keys() | in_flight_keys, on_result=on_result)
@@ -275,14 +404,22 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         left = recorder.close()
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
+        progress.update(_state_counts(source.member_states(states).values()))
         _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "parked": left, "node": node,
            "resumed": resume is not None,
            "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
            "model_steps": cohort.stats.get("model_steps", 0)}
     if left == 0:
-        atomic_write_bytes(files.done, json.dumps(out).encode())
+        files.write_done(out)
         files.checkpoint.unlink(missing_ok=True)
+    return out
+
+
+def _state_counts(states) -> dict[str, int]:
+    out = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
+    for s in states:
+        out[s] = out.get(s, 0) + 1
     return out
 
 

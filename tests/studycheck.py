@@ -1,10 +1,11 @@
-"""Invariants every finished study must satisfy (shared by the e2e, cluster and
-chaos tests): one MLflow run per member, study → cell → member nesting, Optuna trial
-states equal to MLflow state tags, no duplicate metric steps, a point per cell."""
+"""Invariants every finished study must satisfy (shared by the e2e, cluster, chaos and
+fault-injection tests): one MLflow run per member, study → cell → member nesting,
+Optuna trial states equal to MLflow state tags, no duplicate (run, key, step) metric
+points, every run terminated with the right status, a fit run, a point per cell."""
 
 from collections import Counter
 
-def check_records(study, result, *, expect_pruned=True):
+def check_records(study, result, *, expect_pruned=True, expect_fit=True):
     """The invariants every finished study must satisfy."""
     import optuna
     from mlflow.tracking import MlflowClient
@@ -27,6 +28,23 @@ def check_records(study, result, *, expect_pruned=True):
     assert len(keys) == len(set(keys)), "duplicate member runs"
     for m in members:
         assert m.data.tags["mlflow.parentRunId"] == cells[m.data.tags["dlor.cell"]].info.run_id
+    # every run terminated, with the status its outcome calls for
+    assert study_run.info.status == "FINISHED", study_run.info.status
+    for c in cells.values():
+        assert c.info.status == "FINISHED", (c.data.tags["dlor.cell"], c.info.status)
+    for m in members:
+        assert m.data.tags.get("dlor.complete") == "1", m.data.tags["dlor.key"]
+        want = "FINISHED" if m.data.tags["state"] in ("completed", "pruned") else "FAILED"
+        assert m.info.status == want, (m.data.tags["dlor.key"], m.data.tags["state"], m.info.status)
+        for key in ("train_loss", "val_error"):
+            steps = [x.step for x in client.get_metric_history(m.info.run_id, key)]
+            assert len(steps) == len(set(steps)), ("duplicate (run, key, step) points", m.data.tags["dlor.key"], key)
+    if expect_fit:
+        fits = [r for r in runs if r.data.tags.get("kind") == "fit"]
+        assert fits, "no fit run"
+        assert all(f.info.status == "FINISHED" and f.data.tags.get("dlor.complete") == "1" for f in fits)
+    assert all(r.info.status != "RUNNING" for r in runs), [
+        r.data.tags.get("dlor.key") for r in runs if r.info.status == "RUNNING"]
     search = [m for m in members if m.data.tags["dlor.phase"] == "search"]
     confirm = [m for m in members if m.data.tags["dlor.phase"] == "confirm"]
     assert len(search) == len(plan.cells) * study.trials_per_cell
