@@ -38,6 +38,10 @@ not the family, and a scaling curve through it is meaningless.
   ``max_depth`` overrides it per family, null lifts it).
 * **rank·branches ≤ width** — past full rank, more branches (or rank) add parameters
   but no rank: the budget is spent on a re-parameterisation.
+* **width > d_in for families that grow by depth** — networks of width ≤ d_in are not
+  universal approximators at any depth (Johnson 2019, "Deep, skinny neural networks are
+  not universal approximators", for injective activations such as tanh), so a depth
+  curve at such a width saturates by construction: it measures the bottleneck, not depth.
 
 Shapes breaking a rule are dropped wherever a budget has a compliant shape; a budget
 with none keeps its breaking shapes and ``FamilySolution.violations`` says why
@@ -93,6 +97,7 @@ class ShapeRules:
 
     max_depth: int | None = None  # None: no depth cap
     rank_le_width: bool = True    # rank·branches ≤ width for the low-rank families
+    width_gt_d_in: bool = True    # width > d_in for families whose growth axis is depth
 
     def problems(self, shape: Shape) -> list[tuple[str, str]]:
         """``(rule, reason)`` for every rule the shape breaks; empty when it is fine."""
@@ -105,6 +110,11 @@ class ShapeRules:
                   if shape.family == "dlor_wide" else f"rank {shape.rank}")
             out.append(("rank", f"{kr} > width {shape.width}: past full rank, extra "
                                 "branches/rank add parameters but no rank"))
+        if (self.width_gt_d_in and GROWTH_AXIS.get(shape.family) == "depth"
+                and shape.width <= shape.d_in):
+            out.append(("narrow", f"width {shape.width} ≤ d_in {shape.d_in}: stacks this narrow "
+                                  "are not universal at any depth (Johnson 2019), so depth "
+                                  "adds little"))
         return out
 
     def ok(self, shape: Shape) -> bool:
@@ -117,6 +127,9 @@ def rule_fix(rule: str, label: str) -> str:
         return (f"allow wider widths (families.{label}.width) so depth ≤ max_depth reaches this "
                 f"budget, drop the budget, or raise families.{label}.max_depth if you measured "
                 "deeper stacks train")
+    if rule == "narrow":
+        return (f"let families.{label}.width start above the target's d_in, or drop the "
+                "budgets only such narrow stacks reach")
     return (f"allow wider widths (families.{label}.width) so branches·rank ≤ width reaches this "
             f"budget, or lower families.{label}.rank")
 

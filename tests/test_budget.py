@@ -433,6 +433,17 @@ def test_rules_name_depth_past_the_cap_and_rank_past_width():
     assert default_max_depth("dense") is None
 
 
+def test_rules_name_depth_growth_at_a_width_no_deeper_than_the_input():
+    """Width ≤ d_in: no depth makes the stack universal (Johnson 2019), so the depth
+    family keeps width > d_in; families that grow width are not held to it."""
+    rules = ShapeRules()
+    (rule, why), = rules.problems(Shape("dlor_deep", 4, 1, 4, 12, 1, 1, "scalar"))
+    assert rule == "narrow" and "width 4 ≤ d_in 4" in why
+    assert rules.ok(Shape("dlor_deep", 4, 1, 5, 12, 1, 1, "scalar"))
+    assert rules.ok(Shape("dense", 4, 1, 4, 1))          # dense grows width: a small width is just small
+    assert ShapeRules(width_gt_d_in=False).ok(Shape("dlor_deep", 4, 1, 4, 12, 1, 1, "scalar"))
+
+
 def deep_counts(w, L, d_in=2):
     return count_params(Shape("dlor_deep", d_in, 1, w, L, 1, 1, "scalar")).total
 

@@ -129,6 +129,9 @@ def _forced_study(tmp_path, families, budgets, strict=False):
     # dlor_wide at width 8 has 58 + 16·K parameters, so 250 forces 12 branches
     ({"dlor_wide": {"width": 8, "depth": 1, "rank": 1, "branches": {"min": 1, "max": 64}, "diag": "scalar"}},
      250, "dlor_wide@250", "branches·rank 12·1 = 12 > width 8"),
+    # d_in 4: dlor_deep held at width 4 (= d_in) grows depth that cannot make it universal
+    ({"dlor_deep": {"width": 4, "depth": {"min": 1, "max": 40}, "rank": 1, "diag": "scalar"}},
+     337, "dlor_deep@337", "width 4 ≤ d_in 4"),
 ])
 def test_validate_and_dry_run_warn_and_strict_refuses(tmp_path, families, budget, cell, reason):
     """The planner warns for a cell the spec's ranges force past a rule, naming the cell,
@@ -141,7 +144,8 @@ def test_validate_and_dry_run_warn_and_strict_refuses(tmp_path, families, budget
         res = CliRunner().invoke(app, args)
         text = " ".join(res.output.split())
         assert res.exit_code == 0, res.output
-        assert f"warning: cell {cell} (" in text and reason in text and "fix: allow wider widths" in text
+        assert f"warning: cell {cell} (" in text and reason in text and "fix: " in text
+        assert "families.dlor_" in text.split("fix: ", 1)[1]
     strict = _forced_study(tmp_path, families, [budget], strict=True)
     for args in (["validate", str(strict)], ["launch", str(strict), "--dry-run"]):
         res = CliRunner().invoke(app, args)
