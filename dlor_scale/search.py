@@ -550,7 +550,10 @@ class OptunaSource:
         """Sample (or read back) the trial's parameters. Safe to repeat: a parameter the
         trial already holds is returned as stored, a missing one is sampled, so a trial
         left RUNNING without (some of) its parameters is completed in place."""
+        from .tracking import failpoint
+
         def attempt():
+            failpoint("optuna.suggest")   # chaos tests: a terminated connection
             return suggest(optuna.Trial(self.study, trial._trial_id), self.space)
         return db_retry(attempt, "sample parameters")
 

@@ -229,6 +229,8 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
         results = tuner.fit()
     failed, fatal = [], []
     for r in results:
+        for note in (r.metrics or {}).get("notes") or []:   # files a worker set aside: say so here
+            log.warning("unit %s: %s", r.config["unit"], note)
         if (r.metrics or {}).get("fatal"):
             fatal.append((r.config["unit"], r.metrics["fatal"]))
         elif r.error is not None:
@@ -264,6 +266,9 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     clean_stray_tmp(study_dir)   # writers killed mid-write in an earlier launch; none runs now
     units = search_units(study, plan)
     todo = [u for u in units if not UnitFiles(study_dir, u["id"]).is_done()]
+    for u in units:
+        if u not in todo:   # killed between its done marker and removing its checkpoint
+            UnitFiles(study_dir, u["id"]).checkpoint.unlink(missing_ok=True)
     finished = not todo and (study.confirm is None or _confirm_done(study_dir))
     started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
     try:

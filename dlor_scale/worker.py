@@ -71,15 +71,19 @@ def clean_stray_tmp(folder: Path) -> list[Path]:
     return gone
 
 
-def _set_aside(path: Path, why: str) -> None:
+def _set_aside(path: Path, why: str, notes: list | None = None) -> None:
     """Move an unreadable state file to ``<path>.corrupt`` (kept for inspection, never
-    read again: the warning is logged once) and say so, naming the file."""
+    read again: the warning is logged once) and say so, naming the file; the message
+    is also appended to ``notes`` (a unit's summary carries them to the driver)."""
     bad = path.with_name(path.name + ".corrupt")
     try:
         os.replace(path, bad)
     except FileNotFoundError:
         return   # another reader set it aside first
-    log.warning("%s is unreadable (%s); moved to %s and ignored", path, why, bad)
+    msg = f"{path} is unreadable ({why}); moved to {bad} and ignored"
+    log.warning("%s", msg)
+    if notes is not None:
+        notes.append(msg)
 
 
 class UnitFiles:
@@ -91,6 +95,7 @@ class UnitFiles:
         self.checkpoint = study_dir / "checkpoints" / f"{name}.pt"
         self.ledger = study_dir / "ledger" / f"{name}.jsonl"
         self.outbox = study_dir / "outbox" / name  # per unit: no two writers share one
+        self.notes: list[str] = []                 # files set aside (see `_set_aside`)
 
     # ----------------------------------------------------------- done marker
     def read_done(self) -> dict | None:
@@ -103,14 +108,14 @@ class UnitFiles:
         except FileNotFoundError:
             return None
         except OSError as e:
-            _set_aside(self.done, str(e))
+            _set_aside(self.done, str(e), self.notes)
             return None
         try:
             out = json.loads(raw)
             if not isinstance(out, dict):
                 raise ValueError(f"a JSON {type(out).__name__}, not an object")
         except ValueError as e:
-            _set_aside(self.done, "empty" if not raw.strip() else f"not a unit summary: {e}")
+            _set_aside(self.done, "empty" if not raw.strip() else f"not a unit summary: {e}", self.notes)
             return None
         return out
 
@@ -180,7 +185,8 @@ class UnitFiles:
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - torch raises OSError/RuntimeError/EOFError/pickle errors
-            _set_aside(self.checkpoint, f"{type(e).__name__}: {e}")
+            _set_aside(self.checkpoint, f"{type(e).__name__}: {e}; members in flight are retrained",
+                       self.notes)
             return None
         return state
 
@@ -410,6 +416,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
            "resumed": resume is not None,
            "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
            "model_steps": cohort.stats.get("model_steps", 0)}
+    if files.notes:
+        out["notes"] = list(files.notes)
     if left == 0:
         files.write_done(out)
         files.checkpoint.unlink(missing_ok=True)
