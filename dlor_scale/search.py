@@ -61,16 +61,18 @@ def storage(url: str) -> optuna.storages.BaseStorage:
         kw = {"connect_args": {"timeout": 60}}
     else:
         kw = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+    return db_retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kw), "connect to the Optuna storage")
 
 
 def transient_db_error(exc: BaseException) -> bool:
-    """A dropped/terminated connection, a timeout or a lock: worth retrying. Optuna wraps
-    SQLAlchemy errors raised in a commit as ``StorageInternalError``."""
+    """A dropped/terminated connection, a timeout or a lock: worth retrying (a bad URL,
+    a file that is not a database, or a constraint violation is not). Optuna wraps
+    SQLAlchemy errors raised in a commit as ``StorageInternalError`` (judged by cause)."""
     import sqlalchemy.exc as sa
-    if isinstance(exc, (ConnectionError, TimeoutError, optuna.exceptions.StorageInternalError)):
-        return True
-    return isinstance(exc, sa.SQLAlchemyError) and not isinstance(exc, sa.IntegrityError)
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        return exc.__cause__ is None or transient_db_error(exc.__cause__)
+    return isinstance(exc, (ConnectionError, TimeoutError, sa.OperationalError, sa.InterfaceError,
+                            sa.DisconnectionError, sa.TimeoutError, sa.PendingRollbackError))
 
 
 #: Backoff of `db_retry`: 0.5, 1, 2, 4, 8, 8, ... s; ~60 s in all before giving up.
@@ -480,7 +482,7 @@ class OptunaSource:
             if t.number in in_flight:
                 key = self._key(t.number)
                 if t.state == TrialState.RUNNING:
-                    self.trials[key] = optuna.Trial(study, t._trial_id)
+                    self.trials[key] = db_retry(lambda t=t: optuna.Trial(study, t._trial_id), "load a trial")
                     self.told_steps[key] = set(t.intermediate_values)
                 else:
                     self.replay[key] = t
@@ -542,7 +544,7 @@ class OptunaSource:
             trial_id = db_retry(lambda: self.study._storage.create_new_trial(self.study._study_id, template),
                                 "create a trial", on_retry=landed)
         self.study._thread_local.cached_all_trials = None
-        trial = optuna.Trial(self.study, trial_id)
+        trial = db_retry(lambda: optuna.Trial(self.study, trial_id), "load a trial")
         self.seen.add(trial.number)
         return trial
 
@@ -560,7 +562,7 @@ class OptunaSource:
     def next_member(self) -> MemberSpec | None:
         if self.requeue:
             frozen = self.requeue.pop(0)
-            trial = optuna.Trial(self.study, frozen._trial_id)
+            trial = db_retry(lambda: optuna.Trial(self.study, frozen._trial_id), "load a trial")
             missing = [k for k, v in self.space.items()
                        if not isinstance(v, (int, float)) and k not in frozen.params]
             if missing:
@@ -618,7 +620,7 @@ class OptunaSource:
                     judged.append((key, trial.number, epoch, best))
             elif not isinstance(self.pruner, optuna.pruners.NopPruner):
                 self._tell_step(key, r.val_error, epoch)
-                if trial.should_prune():
+                if db_retry(trial.should_prune, "ask the pruner"):
                     prune.add(key)
         if judged:
             trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")

@@ -89,14 +89,15 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
     import optuna
     from optuna.trial import TrialState
 
-    from .search import member_seed, member_spec
+    from .search import db_retry, member_seed, member_spec
     if study.confirm is None:
         return []
     units = []
     for cell in plan.cells:
-        ost = optuna.load_study(study_name=cell.optuna_study_name(study.name), storage=ostorage)
-        done = [t for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
+        ost = db_retry(lambda: optuna.load_study(study_name=cell.optuna_study_name(study.name),
+                                                 storage=ostorage), "load the Optuna study")
+        trials = db_retry(lambda: ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), "read trials")
+        done = [t for t in trials if t.value is not None and math.isfinite(t.value)]
         best = sorted(done, key=lambda t: t.value)[: study.confirm.top_k]
         by_shape: dict[int, list] = {}
         for t in best:
@@ -125,7 +126,7 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     """Create (or find) the experiment, the study/cell runs and the per-cell Optuna studies."""
     import optuna
 
-    from .search import storage
+    from .search import db_retry, storage
     study_dir = Path(ctx["study_dir"])
     marker = study_dir / "study.json"
     if marker.exists():
@@ -164,8 +165,8 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
             f"{study.name}/{cell.key}", name=cell.key, kind="cell", parent_id=parent,
             tags={"dlor.study": study.name, "dlor.cell": cell.key, "dlor.family": cell.family,
                   "dlor.label": cell.label, "dlor.budget": cell.budget})
-        optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
-                            direction="minimize", load_if_exists=True)
+        db_retry(lambda: optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
+                                             direction="minimize", load_if_exists=True), "create the Optuna study")
     return tracker
 
 

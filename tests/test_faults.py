@@ -218,6 +218,25 @@ def test_transient_storage_errors_are_retried_and_a_landed_create_is_adopted(tmp
         db_retry(lambda: (_ for _ in ()).throw(ValueError("bad value")), "x")
 
 
+def test_only_transient_storage_errors_count_as_transient():
+    import sqlalchemy.exc as sa
+
+    from dlor_scale.search import transient_db_error
+
+    def wrapped(cause):
+        try:
+            raise optuna.exceptions.StorageInternalError("commit failed") from cause
+        except optuna.exceptions.StorageInternalError as e:
+            return e
+    dropped = sa.OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command"))
+    assert transient_db_error(dropped) and transient_db_error(wrapped(dropped))
+    assert transient_db_error(ConnectionResetError()) and transient_db_error(sa.InterfaceError("x", {}, Exception()))
+    for bad in (sa.ArgumentError("Could not parse SQLAlchemy URL"), sa.IntegrityError("INSERT", {}, Exception()),
+                sa.DatabaseError("x", {}, Exception("file is not a database")), ValueError("bad"),
+                wrapped(sa.DataError("x", {}, Exception("value too long")))):
+        assert not transient_db_error(bad), bad
+
+
 # ----------------------------------------------------------------------------- 3./4./7. corrupt files
 
 

@@ -157,3 +157,76 @@ def test_driver_killed_then_truncated_checkpoints_and_corrupt_markers(tmp_path):
     for ledger in (study_dir / "ledger").glob("*.jsonl"):
         keys = [json.loads(line)["key"] for line in ledger.read_text().splitlines() if line.strip()]
         assert len(keys) == len(set(keys)), ledger
+
+
+@pytest.mark.cluster
+def test_postgres_backends_terminated_every_two_seconds(tmp_path):
+    """Item 2 as measured: Optuna on PostgreSQL, every backend of the study's database
+    terminated every 2 s for 40 s while the study runs. Every storage call is retried
+    with backoff (and a trial is created with its unit in one commit), so the launch
+    finishes on its own, with exactly its trials, each with its parameters."""
+    import threading
+    import uuid
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
+                                 connect_timeout=3)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unavailable: {e}")
+    admin.autocommit = True
+    db = f"dlor_faults_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f"CREATE DATABASE {db}")
+    stop, kills = threading.Event(), []
+
+    def terminator(started: threading.Event):
+        started.wait()
+        t_end = time.time() + 40
+        while time.time() < t_end and not stop.is_set():
+            cur = admin.cursor()
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
+            kills.append(cur.fetchone()[0])
+            stop.wait(2.0)
+
+    try:
+        spec = write(tmp_path, "pg_drops", epochs=60,
+                     optuna_storage=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
+        from dlor_scale.spec import load_study
+        study_dir = load_study(spec).study_dir()
+        started = threading.Event()
+        th = threading.Thread(target=terminator, args=(started,), daemon=True)
+        th.start()
+        cmd = [sys.executable, "-m", "dlor_scale.cli", "launch", str(spec), "--no-progress"]
+        with open(tmp_path / "driver.log", "w") as log:
+            proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                deadline = time.time() + 300   # start the terminations once units are training
+                while time.time() < deadline and proc.poll() is None and not list(
+                        (study_dir / "checkpoints").glob("*.pt")):
+                    time.sleep(0.1)
+                started.set()
+                rc = proc.wait(timeout=900)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        stop.set()
+        th.join()
+        out = (tmp_path / "driver.log").read_text()
+        assert rc == 0, out[-5000:]
+        assert sum(kills) > 0, "no backend was terminated: the test did not test anything"
+        assert "MemberSpec" not in out
+        _, runs = verify(spec, expect_pruned=False)
+        import optuna
+
+        from dlor_scale.search import storage
+        ost = storage(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
+        for s in optuna.get_all_study_summaries(ost):
+            for t in optuna.load_study(study_name=s.study_name, storage=ost).get_trials():
+                assert t.state.is_finished() and "lr" in t.params, (s.study_name, t.number, t.state)
+        ost.engine.dispose()
+    finally:
+        stop.set()
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
