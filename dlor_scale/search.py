@@ -670,7 +670,10 @@ def cell_counts(trials) -> dict:
 
     asked / running / completed / pruned / failed / refilled, and ``pruned_at``:
     ``{epoch: n}`` — the step a pruned trial was judged at is its last reported step.
+    Orphans (asks cut off before any unit owned them, failed by the driver) were never
+    members and are not counted.
     """
+    trials = [t for t in trials if not t.user_attrs.get("dlor.orphan")]
     by = {s: 0 for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")}
     pruned_at: dict[int, int] = {}
     refilled = 0

@@ -165,9 +165,29 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
             f"{study.name}/{cell.key}", name=cell.key, kind="cell", parent_id=parent,
             tags={"dlor.study": study.name, "dlor.cell": cell.key, "dlor.family": cell.family,
                   "dlor.label": cell.label, "dlor.budget": cell.budget})
-        db_retry(lambda: optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
-                                             direction="minimize", load_if_exists=True), "create the Optuna study")
+        ostudy = db_retry(lambda: optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
+                                                      direction="minimize", load_if_exists=True),
+                          "create the Optuna study")
+        fail_orphan_trials(ostudy)
     return tracker
+
+
+def fail_orphan_trials(ostudy) -> int:
+    """Fail RUNNING trials that no unit owns (no ``unit`` attribute: asked by a version
+    that set it in a separate commit, and the connection dropped in between). No unit
+    would ever resume them, so they would stay RUNNING for good. Called by the driver
+    before any unit runs. Returns how many were failed."""
+    from optuna.trial import TrialState
+
+    from .search import db_retry
+    trials = db_retry(lambda: ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "read trials")
+    orphans = [t for t in trials if "unit" not in t.user_attrs]
+    for t in orphans:
+        db_retry(lambda t=t: ostudy._storage.set_trial_user_attr(t._trial_id, "dlor.orphan", True), "tag a trial")
+        db_retry(lambda t=t: ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True), "fail a trial")
+        log.warning("Optuna trial %d of %s was RUNNING without a unit (an ask cut off by a dropped "
+                    "connection); marked FAIL", t.number, ostudy.study_name)
+    return len(orphans)
 
 
 # ----------------------------------------------------------------------------- ray
@@ -235,13 +255,20 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
         if (r.metrics or {}).get("fatal"):
             fatal.append((r.config["unit"], r.metrics["fatal"]))
         elif r.error is not None:
-            failed.append(r.config["unit"])
+            failed.append(f"{r.config['unit']} ({_cause(r.error)})")
             log.error("unit %s failed: %s", r.config["unit"], r.error)
     if fatal:
         unit, msg = fatal[0]
         more = f" (and {len(fatal) - 1} more unit(s))" if len(fatal) > 1 else ""
         raise DataError(f"unit {unit} stopped on a deterministic error{more}, not retried: {msg}")
     return failed
+
+
+def _cause(err) -> str:
+    """The last line of a failed Tune trial's error (the exception itself, not Ray's
+    wrapping traceback): what the final error line of a launch names."""
+    lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 # ----------------------------------------------------------------------------- launch
@@ -278,7 +305,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             progress.mark_done([u for u in units if u not in todo], study_dir)
         failed = _run_phase(todo, ctx, study, "search", progress)
         if failed:
-            raise DlorError(f"{len(failed)} search unit(s) failed: {', '.join(failed)}; "
+            raise DlorError(f"{len(failed)} search unit(s) failed: {'; '.join(failed)}; "
                             f"fix the cause and relaunch to continue")
         cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
         if progress and cunits:
@@ -286,7 +313,8 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).is_done()]
         failed = _run_phase(ctodo, ctx, study, "confirm", progress)
         if failed:
-            raise DlorError(f"{len(failed)} confirmation unit(s) failed: {', '.join(failed)}")
+            raise DlorError(f"{len(failed)} confirmation unit(s) failed: {'; '.join(failed)}; "
+                            f"fix the cause and relaunch to continue")
         (study_dir / "units").mkdir(parents=True, exist_ok=True)
         (study_dir / "units" / "confirm.complete").touch()
         left = flush_all_outboxes(ctx)
@@ -303,6 +331,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     result.counts = unit_totals(study_dir, units + cunits)
     if fit:
         result.fit = _fit_study(study, tracker)
+        close_member_runs(tracker, kind="fit")
     close_cell_runs(ctx, tracker, result.fit)
     tracker.finish(ctx["study_run"])
     return result
@@ -333,19 +362,20 @@ def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
         tracker.finish(run_id)
 
 
-def close_member_runs(tracker: Tracker) -> int:
-    """Terminate member runs whose record is complete but that were left RUNNING (a
+def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
+    """Terminate runs of ``kind`` whose record is complete but that were left RUNNING (a
     writer killed between its last batch and ``set_terminated``, in a version whose
-    replay did not repair that). Returns how many were closed."""
-    runs = tracker.runs(kind="member", extra_filter="attributes.status = 'RUNNING'")
+    replay did not repair that; a fit whose rerun returns on the complete tag). Returns
+    how many were closed."""
+    runs = tracker.runs(kind=kind, extra_filter="attributes.status = 'RUNNING'")
     n = 0
     for r in runs:
         if r.data.tags.get("dlor.complete") == "1":
-            ok = r.data.tags.get("state") in ("completed", "pruned")
+            ok = r.data.tags.get("state", "completed") in ("completed", "pruned")
             tracker.finish(r.info.run_id, "FINISHED" if ok else "FAILED")
             n += 1
     if n:
-        log.warning("terminated %d complete member run(s) left RUNNING", n)
+        log.warning("terminated %d complete %s run(s) left RUNNING", n, kind)
     return n
 
 

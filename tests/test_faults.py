@@ -237,6 +237,28 @@ def test_only_transient_storage_errors_count_as_transient():
         assert not transient_db_error(bad), bad
 
 
+def test_orphan_running_trial_of_an_older_version_is_failed_by_the_driver(tmp_path):
+    from dlor_scale.search import cell_counts
+    from dlor_scale.tune import fail_orphan_trials
+    study = _ostudy(tmp_path)
+    orphan = study.ask()                            # ask committed, the unit attr never was
+    owned = _source(study).next_member()
+    assert fail_orphan_trials(study) == 1
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert trials[int(owned.key.rsplit("t", 1)[1])].state == TrialState.RUNNING   # a unit resumes it
+    c = cell_counts(trials)
+    assert (c["asked"], c["failed"], c["running"]) == (1, 0, 1)
+    assert fail_orphan_trials(study) == 0
+
+
+def test_a_failed_unit_names_its_cause():
+    from dlor_scale.tune import _cause
+    err = RuntimeError("Traceback (most recent call last):\n  File 'x.py'\n    torch.load(f)\n"
+                       "OSError: [Errno 22] Invalid argument: '/runs/s/checkpoints/u.pt'\n")
+    assert _cause(err) == "OSError: [Errno 22] Invalid argument: '/runs/s/checkpoints/u.pt'"
+
+
 # ----------------------------------------------------------------------------- 3./4./7. corrupt files
 
 
