@@ -37,11 +37,13 @@ def _load(path: Path):
     return load_study(path)
 
 
-def _check_data(study) -> dict:
+def _check_data(study, *, teacher: bool = True) -> dict:
     """Load and check the study's data now (Parquet: the whole file, split as workers will):
-    a bad file is a DataError, exit 2, before any folder, store or Ray exists."""
+    a bad file is a DataError, exit 2, before any folder, store or Ray exists.
+    ``teacher=False`` leaves a teacher target's calibration (the one check that needs torch)
+    to `launch`: `validate` and `launch --dry-run` answer without importing torch."""
     from .targets import check_study_data
-    return check_study_data(study)
+    return check_study_data(study, teacher=teacher)
 
 
 def _data_line(data: dict) -> str | None:
@@ -74,7 +76,7 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
     try:
         from .plan import make_plan
         study = _load(file)
-        data = _check_data(study)
+        data = _check_data(study, teacher=False)
         plan = make_plan(study)
     except DlorError as e:
         _fail(e)
@@ -116,7 +118,7 @@ def launch(
     try:
         from .plan import make_plan
         study = _load(file)
-        data = _check_data(study)
+        data = _check_data(study, teacher=not dry_run)
         plan = make_plan(study)
         if dry_run:
             out.print(plan_table(plan))

@@ -13,26 +13,43 @@ so one all-diverged family never hides the others.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from dlor_scale.errors import DataError, FitError
+
+if TYPE_CHECKING:  # pyarrow is imported where tables are made: `import dlor_scale` (and so
+    import pyarrow as pa  # every CLI command, `validate` included) stays light
 from dlor_scale.fit import (DEFAULT_REL_TOL, PARAM_NAMES, LawFit, _family_seed, _jsonable, compare,
                             extrapolation_check, fit_law)
 
 POINT_COLUMNS = ("family", "budget", "n_params", "error", "stderr", "n_seeds", "best_trial",
                  "source", "flags")
-POINT_SCHEMA = pa.schema([
-    ("family", pa.string()), ("budget", pa.int64()), ("n_params", pa.int64()),
-    ("error", pa.float64()), ("stderr", pa.float64()), ("n_seeds", pa.int64()),
-    ("best_trial", pa.int64()),  # null when the cell has no completed search run
-    ("source", pa.string()),
-    ("flags", pa.string()),  # comma-separated cell diagnostics of the selected member; "" = clean
-])
+
+
+@functools.cache
+def _point_schema():
+    import pyarrow as pa
+    return pa.schema([
+        ("family", pa.string()), ("budget", pa.int64()), ("n_params", pa.int64()),
+        ("error", pa.float64()), ("stderr", pa.float64()), ("n_seeds", pa.int64()),
+        ("best_trial", pa.int64()),  # null when the cell has no completed search run
+        ("source", pa.string()),
+        ("flags", pa.string()),  # comma-separated cell diagnostics of the selected member; "" = clean
+    ])
+
+
+def __getattr__(name: str):
+    """``POINT_SCHEMA`` (the Arrow schema of `points_from_runs`), built on first use."""
+    if name == "POINT_SCHEMA":
+        return _point_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 RUN_COLUMNS = ("study", "cell", "family", "budget", "n_params_total", "phase", "state",
                "optuna_trial", "seed", "test_error", "best_val", "confirm_of")
 # Optional member diagnostics (absent in tables recorded before they existed: no flag then).
@@ -110,7 +127,8 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
                      "n_params": int(best["n_params_total"]), "error": err, "stderr": se,
                      "n_seeds": int(n), "best_trial": trial, "source": source,
                      "flags": ",".join(_point_flags(best, ok))})
-    return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
+    import pyarrow as pa
+    return pa.Table.from_pylist(rows, schema=_point_schema())
 
 
 def _point_flags(best, confirms) -> list[str]:
@@ -239,6 +257,7 @@ class Curves:
         missing = [c for c in need if c not in points.column_names]
         if missing:
             raise DataError(f"points table: missing column(s) {missing}")
+        import pyarrow as pa
         curves = {}
         fam_col = points.column("family").to_pylist()
         for family in sorted(set(fam_col)):
@@ -319,6 +338,7 @@ class Curves:
     def to_arrow(self) -> pa.Table:
         """Same rows as ``to_pandas`` with an explicit schema (so an all-clean study still
         types ``flags`` as list<string>, not list<null>)."""
+        import pyarrow as pa
         rows = self._rows()
         if not rows:
             return pa.table({"family": pa.array([], pa.string())})

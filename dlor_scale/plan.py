@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import budget as budget_solver
-from .models import Counts, Shape, count_params
+from .shapes import Counts, Shape, count_params
 from .spec import Study
 
 #: Upper bound for ``cohort_size: auto`` until cohort sizing from GPU memory lands.

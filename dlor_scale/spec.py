@@ -47,7 +47,7 @@ from pydantic_core import PydanticCustomError
 
 from . import budget as budget_solver
 from .errors import BudgetError, SpecError
-from .models import ACTIVATIONS, FAMILIES, IO_KINDS, parse_diag
+from .shapes import ACTIVATIONS, FAMILIES, IO_KINDS, parse_diag
 from .targets import TargetSpec
 
 #: Hyperparameters the trainer consumes; anything else in ``search_space`` is a typo.

@@ -31,15 +31,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor
 
 from dlor_scale.errors import DataError
-from dlor_scale.models import activation_fn
+
+if TYPE_CHECKING:  # torch is imported where data is made, not at import: the target
+    from torch import Tensor  # schemas serve `validate`/`schema`, which never need it
 
 # One generator stream per independent random draw (see module docstring).
 _STREAM_WEIGHTS, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST, _STREAM_NOISE, _STREAM_CALIB = range(6)
@@ -78,6 +78,7 @@ class Dataset:
 
     def to(self, device) -> Dataset:
         """A copy with every tensor on ``device`` (meta is shared, it holds no tensors)."""
+        from torch import Tensor
         moved = {
             f.name: getattr(self, f.name).to(device)
             for f in dataclasses.fields(self)
@@ -92,6 +93,7 @@ class Dataset:
         """
         if "y_mean" not in self.meta:
             return y
+        import torch
         mean = torch.tensor(self.meta["y_mean"], dtype=y.dtype, device=y.device)
         std = torch.tensor(self.meta["y_std"], dtype=y.dtype, device=y.device)
         return y * std + mean
@@ -223,6 +225,7 @@ TargetSpec = Annotated[
 
 def sawtooth(x: Tensor, teeth: int) -> Tensor:
     """The 1-D triangle wave of `SawtoothTarget`, elementwise on x in [-1, 1]."""
+    import torch
     t = (x + 1) / 2
     frac = torch.remainder(teeth * t, 1.0)
     return 2 * (1 - torch.abs(2 * frac - 1)) - 1
@@ -230,17 +233,22 @@ def sawtooth(x: Tensor, teeth: int) -> Tensor:
 
 def _generator(seed: int, stream: int) -> torch.Generator:
     """A torch generator for one independent stream of a seed."""
+    import torch
     state = np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
 def _uniform_inputs(n: int, d: int, seed: int, stream: int) -> Tensor:
     """n points uniform in [-1, 1]^d, float32 (2u − 1 is exact for float32 rand)."""
+    import torch
     return torch.rand(n, d, generator=_generator(seed, stream)) * 2 - 1
 
 
 def _teacher(target: TeacherTarget):
     """Build the teacher function (float64) and its calibration (mean, std) per output."""
+    import torch
+
+    from dlor_scale.models import activation_fn
     g = _generator(target.seed, _STREAM_WEIGHTS)
     sizes = [target.d_in, *target.widths, target.d_out]
     layers = []
@@ -310,6 +318,7 @@ def _add_train_noise(y: Tensor, target: _TargetBase) -> Tensor:
     """Label noise on the training targets only, so val/test measure the clean function."""
     if target.noise == 0:
         return y
+    import torch
     eps = torch.randn(y.shape, generator=_generator(target.seed, _STREAM_NOISE))
     return y + target.noise * eps
 
@@ -422,7 +431,9 @@ def _split_sizes(path: Path, n: int, target: ParquetTarget) -> tuple[int, int, i
     return n_train, n_val, n_test
 
 
-def _make_parquet(target: ParquetTarget, base_dir: Path | None) -> Dataset:
+def _parquet_splits(target: ParquetTarget, base_dir: Path | None) -> tuple[dict, dict]:
+    """The file read, checked, shuffled, split and standardized, in numpy (no torch: the
+    data check of `validate` runs this): ``({split: (x, y)} float64, meta)``."""
     path = parquet_path(target, base_dir)
     cols = target.features + target.targets
     data = _read_parquet_columns(path, cols)
@@ -473,14 +484,23 @@ def _make_parquet(target: ParquetTarget, base_dir: Path | None) -> Dataset:
             arr /= std
             meta[f"{key}_mean"], meta[f"{key}_std"] = mean.tolist(), std.tolist()
 
+    return {k: (x[i], y[i]) for k, i in idx.items()}, meta
+
+
+def _make_parquet(target: ParquetTarget, base_dir: Path | None) -> Dataset:
+    import torch
+
+    splits, meta = _parquet_splits(target, base_dir)
+
     def t(a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (splits[k] for k in ("train", "val", "test"))
     return Dataset(
-        name=f"parquet:{path.stem}",
-        x_train=t(x[idx["train"]]), y_train=_add_train_noise(t(y[idx["train"]]), target),
-        x_val=t(x[idx["val"]]), y_val=t(y[idx["val"]]),
-        x_test=t(x[idx["test"]]), y_test=t(y[idx["test"]]),
+        name=f"parquet:{parquet_path(target, base_dir).stem}",
+        x_train=t(x_train), y_train=_add_train_noise(t(y_train), target),
+        x_val=t(x_val), y_val=t(y_val),
+        x_test=t(x_test), y_test=t(y_test),
         meta=meta,
     )
 
@@ -506,15 +526,27 @@ _CHECK_CACHE: dict[tuple, dict] = {}
 def data_summary(ds: Dataset) -> dict:
     """What a study records about its data (JSON-safe): source, content hash, split sizes and
     the **scale** (`scale`) that maps the standardized errors back to the target's units."""
-    m = ds.meta
+    return _summary(ds.name, ds.meta, {"train": ds.x_train.shape, "val": ds.x_val.shape,
+                                       "test": ds.x_test.shape}, ds.d_in, ds.d_out)
+
+
+def _summary(name: str, m: dict, x_shapes: dict, d_in: int, d_out: int) -> dict:
     kind = m.get("target", {}).get("kind")
-    out = {"kind": kind, "name": ds.name,
-           "n_train": int(ds.x_train.shape[0]), "n_val": int(ds.x_val.shape[0]),
-           "n_test": int(ds.x_test.shape[0]), "d_in": ds.d_in, "d_out": ds.d_out}
+    out = {"kind": kind, "name": name,
+           "n_train": int(x_shapes["train"][0]), "n_val": int(x_shapes["val"][0]),
+           "n_test": int(x_shapes["test"][0]), "d_in": int(d_in), "d_out": int(d_out)}
     if kind == "parquet":
         out.update(source=str(Path(m["source"]).resolve()), sha256=m["sha256"], n_rows=m["n_rows"])
-    out["scale"] = _scale_of(m, ds.d_in, ds.d_out)
+    out["scale"] = _scale_of(m, d_in, d_out)
     return out
+
+
+def _parquet_summary(target: ParquetTarget, base_dir: Path | None) -> dict:
+    """`data_summary` of a Parquet target's dataset, from the numpy splits (no torch)."""
+    splits, meta = _parquet_splits(target, base_dir)
+    x, y = splits["train"]
+    return _summary(f"parquet:{parquet_path(target, base_dir).stem}", meta,
+                    {k: v[0].shape for k, v in splits.items()}, x.shape[1], y.shape[1])
 
 
 def _scale_of(meta: dict, d_in: int, d_out: int) -> dict:
@@ -532,7 +564,7 @@ def _scale_of(meta: dict, d_in: int, d_out: int) -> dict:
     }
 
 
-def check_study_data(study) -> dict:
+def check_study_data(study, *, teacher: bool = True) -> dict:
     """Load and check a study's data before anything is created or started.
 
     Parquet: reads the file and builds the splits exactly as workers will, so every
@@ -540,11 +572,15 @@ def check_study_data(study) -> dict:
     NaN/inf/null, empty, too few rows for the split, constant column) is a `DataError`
     (exit 2) here instead of a failed, retried Ray trial. Also refuses a ``batch_size``
     larger than the training split. Synthetic targets are defined by their config; only the
-    teacher's calibration (the one way they can fail) is run. Returns `data_summary`.
+    teacher's calibration (the one way they can fail: a constant output) is run, and only
+    with ``teacher=True``: it draws the teacher's weights with torch's generator, so it
+    needs torch, and `validate` (which must answer without torch) leaves it to `launch`,
+    which runs it before anything is created. Returns `data_summary`. Torch is imported
+    only for that calibration: the Parquet check is numpy/pyarrow.
     """
     target, base_dir = study.target, study.base_dir
     if not isinstance(target, ParquetTarget):
-        if isinstance(target, TeacherTarget):
+        if teacher and isinstance(target, TeacherTarget):
             _teacher(target)
         d_in, d_out = int(target.d_in), int(getattr(target, "d_out", 1))
         return {"kind": target.kind, "n_train": target.n_train, "n_val": target.n_val,
@@ -558,7 +594,7 @@ def check_study_data(study) -> dict:
         key = None
     summary = _CHECK_CACHE.get(key) if key is not None else None
     if summary is None:
-        summary = data_summary(_make_parquet(target, base_dir))
+        summary = _parquet_summary(target, base_dir)
         if key is not None:
             _CHECK_CACHE[key] = summary
     summary = copy.deepcopy(summary)

@@ -1,0 +1,154 @@
+"""Light commands (issue 13 item 4): checking a spec must not import torch or Ray.
+
+`validate`, `schema` and `launch --dry-run` read YAML, solve budgets and check data; the
+shape vocabulary they need lives in the torch-free `dlor_scale.shapes`, target schemas
+import torch only where data is made, and the CLI imports heavy stacks inside the commands
+that use them. Each check runs in a fresh interpreter (this test process has torch loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "ray")
+
+# Runs the CLI in-process, then reports which heavy top-level packages got imported.
+_CLI_PROBE = """
+import json, sys
+sys.argv = ["dlor-scale", *sys.argv[1:]]
+from dlor_scale.cli import app
+try:
+    app()
+except SystemExit as e:
+    code = e.code or 0
+else:
+    code = 0
+print("PROBE " + json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
+""" % (HEAVY,)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def _probe(*args: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", _CLI_PROBE, *args], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert lines, f"probe did not finish (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return {**json.loads(lines[-1][len("PROBE "):]), "stdout": r.stdout, "stderr": r.stderr}
+
+
+def _search_imports_cohort_eagerly() -> bool:
+    """`spec.search_problems` needs `search.make_pruner`; while `search` imports `cohort`
+    (torch) at module level, `validate` cannot be torch-free whatever this side does."""
+    src = (ROOT / "dlor_scale" / "search.py").read_text()
+    return re.search(r"^from \.cohort import", src, re.M) is not None
+
+
+needs_lazy_search = pytest.mark.xfail(
+    _search_imports_cohort_eagerly(), strict=True,
+    reason="dlor_scale/search.py imports .cohort (torch) at module level (issue 13 item 4)")
+
+
+def test_spec_plan_budget_targets_import_neither_torch_nor_ray():
+    code = ("import sys\n"
+            "import dlor_scale, dlor_scale.spec, dlor_scale.plan, dlor_scale.budget, dlor_scale.targets\n"
+            "import dlor_scale.shapes, dlor_scale.cli, dlor_scale.curves, dlor_scale.fit\n"
+            f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def test_models_reexports_the_shape_vocabulary():
+    from dlor_scale import models, shapes
+    for name in ("FAMILIES", "ACTIVATIONS", "IO_KINDS", "Layer", "Counts", "Shape",
+                 "count_params", "parse_diag", "diag_count"):
+        assert getattr(models, name) is getattr(shapes, name), name
+    # The torch activation table and the torch-free name list stay in sync.
+    for a in shapes.ACTIVATIONS:
+        models.activation_fn(a)
+    with pytest.raises(ValueError, match="unknown activation"):
+        shapes.Shape("dense", 2, 1, 4, 1, activation="swish")
+
+
+def test_schema_imports_neither_torch_nor_ray():
+    r = _probe("schema")
+    assert r["code"] == 0, r["stderr"][-4000:]
+    assert r["heavy"] == []
+    assert '"title"' in r["stdout"]
+
+
+@needs_lazy_search
+def test_validate_quickstart_imports_neither_torch_nor_ray():
+    r = _probe("validate", "studies/quickstart.yaml")
+    assert r["code"] == 0, r["stderr"][-4000:]
+    assert "ok studies/quickstart.yaml" in r["stdout"]
+    assert r["heavy"] == []
+
+
+@needs_lazy_search
+def test_validate_parquet_spec_checks_data_without_torch(tmp_path):
+    """Parquet data is read and checked with numpy/pyarrow only, and a bad file is still
+    refused (exit 2) by `validate`."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200)
+    pq.write_table(pa.table({"a": a, "b": b, "y": np.sin(3 * a) * b}), tmp_path / "d.parquet")
+    spec = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+    spec["target"] = {"kind": "parquet", "path": "d.parquet", "features": ["a", "b"], "targets": ["y"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    r = _probe("validate", str(tmp_path / "s.yaml"))
+    assert r["code"] == 0, r["stderr"][-4000:]
+    assert "data: " in r["stdout"] and r["heavy"] == []
+
+    pq.write_table(pa.table({"a": a, "b": b, "y": np.full(200, 1.0)}), tmp_path / "d.parquet")
+    r = _probe("validate", str(tmp_path / "s.yaml"))
+    assert r["code"] == 2 and "constant" in r["stderr"]
+    assert r["heavy"] == []
+
+
+def test_parquet_check_matches_the_dataset_summary(tmp_path):
+    """The torch-free data check reports exactly what the dataset workers build records."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlor_scale.targets import ParquetTarget, _parquet_summary, data_summary, make_dataset
+
+    rng = np.random.default_rng(1)
+    pq.write_table(pa.table({"a": rng.normal(size=97), "b": rng.normal(size=97),
+                             "y": rng.normal(size=97)}), tmp_path / "d.parquet")
+    t = ParquetTarget(path="d.parquet", features=["a", "b"], targets=["y"], n_train=40, seed=3)
+    assert _parquet_summary(t, tmp_path) == data_summary(make_dataset(t, tmp_path))
+
+
+def test_validate_leaves_the_teacher_calibration_to_launch():
+    """A teacher's calibration draws its weights with torch's generator, so `validate` skips
+    it; `check_study_data` (what `launch` runs before creating anything) still does it."""
+    from unittest import mock
+
+    from dlor_scale import targets
+    from dlor_scale.spec import load_study
+
+    study = load_study(ROOT / "studies" / "quickstart.yaml")
+    with mock.patch.object(targets, "_teacher", side_effect=AssertionError("calibrated")):
+        targets.check_study_data(study, teacher=False)
+        with pytest.raises(AssertionError, match="calibrated"):
+            targets.check_study_data(study)
