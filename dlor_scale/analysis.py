@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .curves import Curves, points_from_runs
+from .curves import Curves, RecordedCurves, points_from_runs
 from .records import member_runs, study_tracker
 from .tracking import Tracker
 from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata
@@ -45,20 +46,63 @@ def study_fit_form(study: str) -> str:
 
 
 def load_curves(study: str, tracking_uri: str | None = None, *, form: str | None = None,
-                n_boot: int = 1000, seed: int = 0, units: str = "standardized") -> Curves:
+                n_boot: int = 1000, seed: int = 0, units: str = "standardized",
+                recorded: bool = False) -> Curves | RecordedCurves:
     """`dlor_scale.curves(...)`: fitted scaling curves of a study, per family label.
 
     ``form`` defaults to the study's ``fit_form``.
     ``units="target"`` reports errors (points, E, A, predictions) in the target's own units
     (see `units`); α is unchanged. ``curves.units`` says which units and the factor used.
+
+    ``recorded=True`` (what `dlor-scale curves` does unless ``--refit``): return the
+    study's recorded fit run as a `RecordedCurves` when one exists for exactly these
+    inputs (its key hashes the points, form, bootstrap size, seed and fitting method, so a
+    changed study, form or method finds none) and the errors need no rescaling; otherwise
+    fit afresh. A `RecordedCurves` tabulates and exports, but cannot predict.
     """
     form = form or study_fit_form(study)
     tracker = study_tracker(study, tracking_uri)
     info = study_units(tracker, units)
-    points = scale_columns(points_from_runs(member_runs(tracker)), ("error", "stderr"), info["factor"])
+    raw = points_from_runs(member_runs(tracker))
+    if recorded and info["factor"] == 1.0:
+        c = recorded_fit(tracker, raw, form=form, n_boot=n_boot, seed=seed)
+        if c is not None:
+            c.units = info
+            return c
+    points = scale_columns(raw, ("error", "stderr"), info["factor"])
     c = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=tracker.experiment_name)
     c.units = info
     return c
+
+
+def fit_run_key(study_name: str, points: pa.Table, *, form: str, n_boot: int, seed: int) -> str:
+    """The fit run's key: a hash of everything the fit is a function of."""
+    digest = hashlib.sha256(
+        json.dumps({"points": points.to_pylist(), "form": form, "n_boot": n_boot, "seed": seed,
+                    "method": FIT_METHOD}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{study_name}/fit/{digest}"
+
+
+def recorded_fit(tracker: Tracker, points: pa.Table, *, form: str, n_boot: int = 1000,
+                 seed: int = 0) -> RecordedCurves | None:
+    """The complete recorded fit run of exactly these points and settings, or None (none
+    recorded, incomplete, or its artifacts unreadable: the caller refits)."""
+    run = tracker.find_run(fit_run_key(tracker.experiment_name, points, form=form, n_boot=n_boot, seed=seed))
+    if run is None or run.data.tags.get("dlor.complete") != "1":
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on stderr
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            docs = {}
+            for name in ("curves.json", "comparisons.json"):
+                path = tracker.client.download_artifacts(run.info.run_id, name, d)
+                docs[name] = json.loads(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - a missing/corrupt artifact means: refit, never fail
+        return None
+    doc = docs["curves.json"]
+    if doc.get("form") != form or not isinstance(doc.get("families"), dict):
+        return None
+    return RecordedCurves(doc, docs["comparisons.json"])
 
 
 def export_runs(study: str, out: Path, tracking_uri: str | None = None, *,
@@ -80,7 +124,10 @@ def comparisons(curves: Curves) -> dict:
     """Every ordered pair of fitted families (deep vs wide is the headline).
 
     Each is ``fit.compare``'s dict: ``identified`` / ``verdict`` say whether Δα means anything
-    (no CI is given when either exponent is not identified)."""
+    (no CI is given when either exponent is not identified). A `RecordedCurves` gives its
+    recorded comparisons."""
+    if isinstance(curves, RecordedCurves):
+        return curves.recorded_comparisons
     out = {}
     fams = [c.family for c in curves if c.fit is not None]
     for i, a in enumerate(fams):
@@ -97,10 +144,7 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
     """Fit every family and store the fit as an MLflow run with its artifacts."""
     points = points_from_runs(member_runs(tracker))
     curves = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=study_name)
-    digest = hashlib.sha256(
-        json.dumps({"points": points.to_pylist(), "form": form, "n_boot": n_boot, "seed": seed,
-                    "method": FIT_METHOD}, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    key = f"{study_name}/fit/{digest}"
+    key = fit_run_key(study_name, points, form=form, n_boot=n_boot, seed=seed)
     existing = tracker.find_run(key)
     if existing is not None and existing.data.tags.get("dlor.complete") == "1":
         return curves
@@ -118,11 +162,11 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
     comps = comparisons(curves)
     for name, c in comps.items():
         if "delta_alpha" in c:
-            key = name.replace(' ', '_')
-            finals[f"{key}.delta_alpha"] = c["delta_alpha"]
-            finals[f"{key}.identified"] = float(bool(c.get("identified")))
+            pair = name.replace(' ', '_')  # not `key`: that is the run's key (it was overwritten)
+            finals[f"{pair}.delta_alpha"] = c["delta_alpha"]
+            finals[f"{pair}.identified"] = float(bool(c.get("identified")))
             if c.get("delta_alpha_ci"):
-                finals[f"{key}.delta_alpha_lo"], finals[f"{key}.delta_alpha_hi"] = c["delta_alpha_ci"]
+                finals[f"{pair}.delta_alpha_lo"], finals[f"{pair}.delta_alpha_hi"] = c["delta_alpha_ci"]
     run_id = tracker.get_or_create_run(key, name=f"fit {form}", kind="fit",
                                        parent_id=parent.info.run_id if parent else None,
                                        tags={"dlor.study": study_name, "fit.form": form})

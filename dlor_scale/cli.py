@@ -269,12 +269,19 @@ def curves(
     units: str = typer.Option("standardized", "--units",
                               help="standardized (default: what was trained and fitted) | target (the "
                                    "target's own units, e.g. a Parquet column's; see docs/parquet.md)"),
+    refit: bool = typer.Option(False, "--refit", help="refit now instead of reading the study's recorded "
+                                                      "fit run (which is used only when it matches)"),
 ):
-    """Fitted scaling curves of a study (and comparisons of every family pair)."""
+    """Fitted scaling curves of a study (and comparisons of every family pair).
+
+    Reads the study's recorded fit run when it was fitted from exactly the current points
+    with this form, bootstrap size and method; otherwise (or with --refit, or --predict,
+    which needs the bootstrap) fits afresh."""
     try:
         from .analysis import comparisons, load_curves
         from .units import with_units_metadata
-        c = load_curves(study, tracking_uri, n_boot=n_boot, units=units, form=form)
+        c = load_curves(study, tracking_uri, n_boot=n_boot, units=units, form=form,
+                        recorded=not refit and not predict)
         if format == "json":
             doc = {**c.to_json(), "units": c.units, "comparisons": comparisons(c)}
             if predict:

@@ -415,6 +415,62 @@ class Curves:
         return str(path)
 
 
+class RecordedCurves:
+    """The table side of a `Curves`, rebuilt from a recorded fit run's ``curves.json``
+    (`Curves.to_json`) and ``comparisons.json``: what `dlor-scale curves` prints, exports
+    and compares, without refitting. It holds no bootstrap, so it cannot predict or
+    compare anew; `analysis.load_curves` returns it only when the recorded fit's key (a
+    hash of the points, form, bootstrap size, seed and method) matches the study now.
+    """
+
+    def __init__(self, doc: dict[str, Any], comparisons: dict[str, Any], units: dict | None = None):
+        self.doc, self.recorded_comparisons, self.units = doc, comparisons, units
+        self.study, self.form, self.level = doc.get("study"), doc["form"], doc.get("level", 0.95)
+
+    @property
+    def families(self) -> list[str]:
+        return sorted(self.doc["families"])
+
+    def __len__(self) -> int:
+        return len(self.doc["families"])
+
+    def to_json(self) -> dict[str, Any]:
+        return self.doc
+
+    def _rows(self) -> list[dict[str, Any]]:
+        """`Curves._rows` from the recorded summaries (same keys, order and values)."""
+        rows = []
+        for family in self.families:
+            c = self.doc["families"][family]
+            f, ex = c["fit"], c.get("extrapolation") or {}
+            form = (f or {}).get("form", self.form)
+            row: dict[str, Any] = {"family": family, "form": form, "n_points": f["n_points"] if f else 0}
+            ci = f.get("ci", {}) if f else {n: (None, None) for n in PARAM_NAMES[form]}
+            for name in ("alpha", "E", "A") + (("alpha2", "P_break") if form == "broken" else ()):
+                lo, hi = ci.get(name, (0.0, 0.0) if name == "E" else (None, None))
+                row.update({name: _f(f.get(name) if f else None), f"{name}_lo": _f(lo), f"{name}_hi": _f(hi)})
+            g = f or {}
+            row.update({
+                "sigma": _f(g.get("sigma")), "loss": _f(g.get("loss")),
+                "converged": bool(g.get("converged", False)),
+                "grad_norm": _f(g.get("grad_norm")),
+                "at_bounds": list(g.get("at_bounds") or []),
+                "n_boot": int(g.get("n_boot") or 0),
+                "P_min": _f(g.get("P_min")), "P_max": _f(g.get("P_max")),
+                "extrapolation_ok": ex.get("ok"),
+                "extrapolation_max_rel_err": _f(ex.get("max_rel_err")),
+                "alpha_identified": bool(g.get("alpha_identified", False)),
+                "excluded_budgets": [x["budget"] for x in c.get("excluded", [])],
+                "excluded_reasons": [f"{x['budget']}: {x['flags']}" for x in c.get("excluded", [])],
+                "flags": list(c.get("flags", [])),
+            })
+            rows.append(row)
+        return rows
+
+    to_pandas = Curves.to_pandas
+    to_arrow = Curves.to_arrow
+
+
 def _f(v) -> float:
     return math.nan if v is None else float(v)
 

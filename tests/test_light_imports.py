@@ -152,3 +152,79 @@ def test_validate_leaves_the_teacher_calibration_to_launch():
         targets.check_study_data(study, teacher=False)
         with pytest.raises(AssertionError, match="calibrated"):
             targets.check_study_data(study)
+
+
+# ------------------------------------------------------------------ curves: the recorded fit
+
+
+def _rows_equal(a: list[dict], b: list[dict]) -> None:
+    import math
+    assert [list(r) for r in a] == [list(r) for r in b]
+    for ra, rb in zip(a, b):
+        for k in ra:
+            x, y = ra[k], rb[k]
+            if isinstance(x, float) and isinstance(y, float) and math.isnan(x):
+                assert math.isnan(y), (ra["family"], k, x, y)
+            else:
+                assert x == y, (ra["family"], k, x, y)
+
+
+def test_recorded_curves_rebuild_the_table_of_the_fit():
+    """`RecordedCurves` (from the fit run's curves.json) gives the very rows, Arrow table and
+    JSON of the `Curves` that was recorded, flagged/unfitted families and broken form included."""
+    from test_curves import synth_points
+
+    from dlor_scale.curves import Curves, RecordedCurves
+
+    pts = synth_points()
+    flagged = pts.to_pylist()
+    flagged[3]["flags"] = "undertrained"
+    import pyarrow as pa
+    pts2 = pa.Table.from_pylist(flagged, schema=pts.schema)
+    for points, form in ((pts, "saturating"), (pts2, "power"), (pts, "broken")):
+        c = Curves.from_points(points, form=form, n_boot=40, seed=1, study="s")
+        doc = json.loads(json.dumps(c.to_json(), default=str))
+        r = RecordedCurves(doc, {"a vs b": {"error": "x"}})
+        _rows_equal(r._rows(), c._rows())
+        ta, tc = r.to_arrow(), c.to_arrow()
+        assert ta.schema == tc.schema  # (NaN != NaN in Table.equals: compare rows)
+        _rows_equal(ta.to_pylist(), tc.to_pylist())
+        assert r.to_json() == doc and r.families == c.families and r.form == form
+
+
+def test_curves_read_the_recorded_fit_run_only_when_it_matches(tmp_path, monkeypatch):
+    """`load_curves(recorded=True)` returns the recorded fit run for exactly these points /
+    form / bootstrap size / seed, and refits when any of them differs."""
+    from test_curves import synth_points
+
+    from dlor_scale import analysis
+    from dlor_scale.curves import Curves, RecordedCurves
+    from dlor_scale.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lc")
+    tracker.client.set_experiment_tag(tracker.experiment_id, "x", "1")  # create the experiment
+    points = {"now": synth_points()}
+    monkeypatch.setattr(analysis, "member_runs", lambda tr: None)
+    monkeypatch.setattr(analysis, "points_from_runs", lambda runs: points["now"])
+    monkeypatch.setattr(analysis, "study_fit_form", lambda study: "power")
+
+    fitted = analysis.fit_and_record("lc", tracker, form="power", n_boot=30, seed=0)
+    keys = [r.data.tags.get("dlor.key") for r in tracker.client.search_runs(
+        [tracker.experiment_id], filter_string="tags.kind = 'fit'")]
+    assert keys == [analysis.fit_run_key("lc", points["now"], form="power", n_boot=30, seed=0)]
+
+    got = analysis.load_curves("lc", uri, n_boot=30, recorded=True)
+    assert isinstance(got, RecordedCurves)
+    _rows_equal(got._rows(), fitted._rows())
+    assert analysis.comparisons(got) == json.loads(json.dumps(
+        analysis._jsonable(analysis.comparisons(fitted)), default=str))
+    assert got.units["factor"] == 1.0
+
+    # another bootstrap size, form or seed, --refit, or changed points: fitted afresh
+    assert isinstance(analysis.load_curves("lc", uri, n_boot=31, recorded=True), Curves)
+    assert isinstance(analysis.load_curves("lc", uri, n_boot=30, form="saturating", recorded=True), Curves)
+    assert isinstance(analysis.load_curves("lc", uri, n_boot=30, seed=1, recorded=True), Curves)
+    assert isinstance(analysis.load_curves("lc", uri, n_boot=30), Curves)
+    points["now"] = synth_points(seed=1)
+    assert isinstance(analysis.load_curves("lc", uri, n_boot=30, recorded=True), Curves)
