@@ -261,13 +261,13 @@ def test_budget_study_holds_one_structure_per_run_and_keeps_the_rules():
     assert [s.width for s in shapes] == sorted(s.width for s in shapes)
 
 
-def test_quickstart_solves_every_cell():
-    """The quickstart is being redesigned for the rules (issue 11); until then its cells
-    must at least be solvable and within tolerance."""
+def test_quickstart_solves_every_cell_within_the_rules():
+    """Every quickstart cell has a shape within tolerance that keeps every rule."""
     study = load_study(STUDIES / "quickstart.yaml")
     for label, fam in study.families.items():
         sol = solve_family(fam.family, study.budgets, **study.solve_kwargs(label))
         assert all(sol[b][0].rel_error(b) <= study.tolerance for b in study.budgets)
+        assert not sol.violations, (label, sol.violations)
 
 
 def test_axis_keeps_dlor_wide_width_where_closest_jumps():
