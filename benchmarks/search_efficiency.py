@@ -56,10 +56,10 @@ GOAL_SAVING, GOAL_VAL = 0.40, 0.02
 
 
 def c7_cell(epochs: int | None) -> tuple[dict, list[str]]:
-    """One cell of the CPU C7 study (studies/paper/scaling_cpu.yaml), which searches lr:
+    """One cell of the CPU C7 study (studies/paper/scaling_cpu_sawtooth.yaml), which searches lr:
     deep DLoR at 560 parameters (width 16 × 10 layers), mid-range of its budgets. The
     whole spec is planned (policy axis picks shapes over all budgets), one cell run."""
-    raw = yaml.safe_load((ROOT / "studies/paper/scaling_cpu.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "studies/paper/scaling_cpu_sawtooth.yaml").read_text())
     if epochs is not None:
         raw.update(epochs=epochs, report_every=max(1, epochs // 20))
     return raw, ["dlor_deep@560"]
