@@ -65,6 +65,50 @@ def stray_tmp(study_dir: Path) -> list[Path]:
             and re.fullmatch(r".*\.tmp\d+", p.name)]
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (by parent pid, read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process of the Ray it started. Ray's workers run in
+    process groups of their own and may train on for a while after the driver dies
+    (rewriting the files the test is about to damage), so the driver's whole process
+    tree is collected first, killed by pid, and waited for."""
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 60
+    while any(_alive(p) for p in tree) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in tree), "processes of the killed driver survive"
+
+
 def failpoint_env(tmp_path: Path, *specs: str) -> dict:
     return {"DLOR_FAILPOINTS": ",".join(specs), "DLOR_FAILPOINT_DIR": str(tmp_path / "failpoints")}
 
@@ -123,8 +167,7 @@ def test_driver_killed_then_truncated_checkpoints_and_corrupt_markers(tmp_path):
                     break
                 time.sleep(0.05)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_driver(proc)
     done = sorted((study_dir / "units").glob("*.done.json"))
     # (a unit killed between its done marker and removing its checkpoint leaves both;
     # the relaunch drops such a checkpoint unread)
