@@ -306,8 +306,9 @@ def _majority_check(stats, a, b, budgets, a_name, b_name="parameter-matched dens
 
 
 def study_kind(name: str) -> str | None:
-    """The report kind of a paper study: its name without a size suffix (``_laptop``, ``_cpu``, …)."""
-    base = re.sub(r"(_laptop|_smoke|_gpu|_full|_cpu)$", "", name)
+    """The report kind of a paper study: its name without a size suffix (``_laptop``, ``_cpu``, …)
+    and an optional variant after it (``scaling_cpu_sawtooth`` → ``scaling``)."""
+    base = re.sub(r"(_laptop|_smoke|_gpu|_full|_cpu)(_[a-z0-9]+)?$", "", name)
     return base if base in STUDY_KINDS else None
 
 
