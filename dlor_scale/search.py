@@ -29,13 +29,14 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .cohort import MemberResult, MemberSpec, Report
+if TYPE_CHECKING:   # cohort imports torch: `validate`/`status` build pruners without it
+    from .cohort import MemberResult, MemberSpec
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -420,6 +421,7 @@ def member_seed(base_seed: int, cell_key: str, trial_number: int, repeat: int = 
 
 
 def member_spec(key: str, seed: int, params: dict) -> MemberSpec:
+    from .cohort import MemberSpec
     hp = {k: float(v) for k, v in params.items() if k in HPARAMS}
     extra = {k: v for k, v in params.items() if k not in HPARAMS}
     return MemberSpec(key=key, seed=seed, **hp, extra=extra)
@@ -638,6 +640,7 @@ class OptunaSource:
     def on_report(self, key: str, epoch: int, train_loss: float, val_error: float) -> bool:
         """One member at a time (cohorts without round reports): judged against what
         the cell's storage holds at that moment."""
+        from .cohort import Report
         return key in self.on_report_round([Report(key, epoch, train_loss, val_error)])
 
     def on_finish(self, result: MemberResult) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,18 +48,6 @@ def _probe(*args: str) -> dict:
     return {**json.loads(lines[-1][len("PROBE "):]), "stdout": r.stdout, "stderr": r.stderr}
 
 
-def _search_imports_cohort_eagerly() -> bool:
-    """`spec.search_problems` needs `search.make_pruner`; while `search` imports `cohort`
-    (torch) at module level, `validate` cannot be torch-free whatever this side does."""
-    src = (ROOT / "dlor_scale" / "search.py").read_text()
-    return re.search(r"^from \.cohort import", src, re.M) is not None
-
-
-needs_lazy_search = pytest.mark.xfail(
-    _search_imports_cohort_eagerly(), strict=True,
-    reason="dlor_scale/search.py imports .cohort (torch) at module level (issue 13 item 4)")
-
-
 def test_spec_plan_budget_targets_import_neither_torch_nor_ray():
     code = ("import sys\n"
             "import dlor_scale, dlor_scale.spec, dlor_scale.plan, dlor_scale.budget, dlor_scale.targets\n"
@@ -91,7 +78,6 @@ def test_schema_imports_neither_torch_nor_ray():
     assert '"title"' in r["stdout"]
 
 
-@needs_lazy_search
 def test_validate_quickstart_imports_neither_torch_nor_ray():
     r = _probe("validate", "studies/quickstart.yaml")
     assert r["code"] == 0, r["stderr"][-4000:]
@@ -99,7 +85,6 @@ def test_validate_quickstart_imports_neither_torch_nor_ray():
     assert r["heavy"] == []
 
 
-@needs_lazy_search
 def test_validate_parquet_spec_checks_data_without_torch(tmp_path):
     """Parquet data is read and checked with numpy/pyarrow only, and a bad file is still
     refused (exit 2) by `validate`."""
