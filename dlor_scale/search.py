@@ -598,8 +598,48 @@ class OptunaSource:
             db_retry(lambda: trial.report(float(value), int(step)), "report a step")
             steps.add(step)
 
+    def _tell_steps(self, items: list[tuple[str, float, int]]) -> None:
+        """Store one round's intermediate values (``(key, value, step)``) at once.
+
+        Why: each ``trial.report`` is one journal append (file lock + write + fsync),
+        once per member per read step. On a journal storage the round's values go in
+        *one* append; other storages report trial by trial. Exactly-once holds as for
+        `_tell_step`: steps already stored are skipped, and a retried append that had
+        landed only rewrites the same values (the journal applies them idempotently).
+        """
+        todo, seen = [], set()
+        for key, value, step in items:
+            if int(step) not in self.told_steps.setdefault(key, set()) and (key, int(step)) not in seen:
+                seen.add((key, int(step)))
+                todo.append((key, float(value), int(step)))
+        st = self.study._storage
+        batch = len(todo) > 1 and all(hasattr(st, a) for a in ("_backend", "_replay_result", "_thread_lock"))
+        if not batch:
+            for key, value, step in todo:
+                self._tell_step(key, value, step)
+            return
+        from optuna.storages.journal._storage import JournalOperation
+
+        def write():
+            with st._thread_lock:
+                wid = st._replay_result.worker_id
+                st._backend.append_logs([
+                    {"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "worker_id": wid,
+                     "trial_id": self.trials[key]._trial_id, "step": step, "intermediate_value": value}
+                    for key, value, step in todo])
+                st._sync_with_backend()
+        db_retry(write, "report a round's steps")
+        for key, value, step in todo:
+            cached = getattr(self.trials[key], "_cached_frozen_trial", None)
+            if cached is not None:
+                cached.intermediate_values[step] = value
+            self.told_steps[key].add(step)
+
     def on_report_round(self, reports) -> set[str]:
-        """Judge one report round (`cohort.Report`s); returns the keys to prune."""
+        """Judge one report round (`cohort.Report`s); returns the keys to prune.
+
+        Only the steps the pruner reads reach Optuna (lockstep pruners), all of a round
+        in one storage write (`_tell_steps`); the final value comes with the tell."""
         prune: set[str] = set()
         judged: list[tuple[str, int, int, float]] = []   # key, number, step, value
         for r in reports:
@@ -618,13 +658,13 @@ class OptunaSource:
             trial = self.trials[key]
             if self.lockstep:
                 if self.pruner.reads(trial.number, epoch):
-                    self._tell_step(key, best, epoch)
                     judged.append((key, trial.number, epoch, best))
             elif not isinstance(self.pruner, optuna.pruners.NopPruner):
                 self._tell_step(key, r.val_error, epoch)
                 if db_retry(trial.should_prune, "ask the pruner"):
                     prune.add(key)
         if judged:
+            self._tell_steps([(key, value, step) for key, _, step, value in judged])
             trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
             tables: dict[int, dict[int, float]] = {}
             for key, number, step, value in judged:
