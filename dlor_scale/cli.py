@@ -75,7 +75,9 @@ def validate(file: Path = typer.Argument(..., help="study YAML")):
     """Check a study file; print its plan size."""
     try:
         from .plan import make_plan
+        from .spec import check_locations
         study = _load(file)
+        check_locations(study)   # where it would land: no system folder, no foreign folder or store
         data = _check_data(study, teacher=False)
         plan = make_plan(study)
     except DlorError as e:
@@ -117,7 +119,9 @@ def launch(
     """Run a study (search → confirmation → scaling fits), or continue it."""
     try:
         from .plan import make_plan
+        from .spec import check_locations
         study = _load(file)
+        check_locations(study)   # before anything is read, created or started
         data = _check_data(study, teacher=not dry_run)
         plan = make_plan(study)
         if dry_run:

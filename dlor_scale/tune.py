@@ -143,6 +143,8 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
                 f"{ctx['source']}: study {study.name!r} already exists in {study_dir} with a different "
                 f"spec (hash {old.get('spec_hash')} ≠ {ctx['spec_hash']}); rename the study or remove the folder"
             )
+    from .spec import check_study_folder
+    check_study_folder(study, study_dir)   # checked again right before the folder is written
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(marker, json.dumps(
         {"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
@@ -278,6 +280,8 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     """Run (or continue) a study end to end. Relaunching continues where it stopped."""
     from .search import storage
 
+    from .spec import check_locations
+    check_locations(study)   # never a system folder, a foreign folder or another kind of store
     plan = make_plan(study)
     # The data first: a deterministic data error is a DataError (exit 2) here, before any
     # folder, store or Ray exists, and is never retried by Tune. The file's sha256 is
