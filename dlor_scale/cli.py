@@ -149,9 +149,14 @@ def launch(
               + f" ({c.get('refilled', 0)} slots refilled)")
     if result.fit is not None:
         out.print(result.fit if isinstance(result.fit, str) else "scaling fits recorded (kind=fit run)", markup=False)
-    uri = result.tracking_uri
-    out.print(f"browse: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"browse: {uri}",
-              markup=False, highlight=False)
+    from .tracking import ui_url
+    uri, exp = result.tracking_uri, getattr(result, "experiment_id", None)
+    if uri.startswith(("http://", "https://")):
+        line = f"browse: {ui_url(uri, exp)}" if exp else f"browse: {uri}"
+    else:   # the runs table ("Model training"), not MLflow 3's GenAI traces page
+        line = f"browse: mlflow ui --backend-store-uri {uri}" + (
+            f"  → {ui_url('http://127.0.0.1:5000', exp)}" if exp else "")
+    out.print(line, markup=False, highlight=False)
 
 
 def _study_info(study: str) -> dict:
@@ -226,6 +231,8 @@ def fit(
         tracker = study_tracker(study, tracking_uri)
         c = fit_and_record(tracker.experiment_name, tracker, form=form or study_fit_form(study),
                            n_boot=n_boot, seed=seed)
+        from .tracking import describe_fit_runs
+        describe_fit_runs(tracker)   # an unidentified exponent says so in the fit run
     except DlorError as e:
         _fail(e)
     out.print(_curves_table(c))

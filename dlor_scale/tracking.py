@@ -57,6 +57,62 @@ def _sqlite_wal(dbapi_conn, _record):
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 
+#: Experiment tags that make the MLflow UI a model-training view, not GenAI's traces.
+#: ``mlflow.experimentKind`` is what MLflow 3 (and Databricks) read for an experiment's
+#: kind; the 3.17 OSS UI instead follows a global GenAI / Model training switch (GenAI
+#: unless switched), which `ui_url`'s ``workflowType=machine_learning`` link sets.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_RUNS_QUERY = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI link that opens a study's experiment on its runs table."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_RUNS_QUERY}"
+
+
+def member_run_name(key: str, tags: dict) -> str:
+    """A member run's display name: its own key (``t3``, ``c5s0``) first, so names stay
+    distinct where the UI cuts them, then its state unless completed (``t3 pruned``) and
+    its cell (``t3 pruned · dlor_deep@120``), so the name is unique in the whole study."""
+    short = key.rsplit("/", 1)[-1]
+    state = str(tags.get("state") or "")
+    mark = "" if state in ("", "completed") else f" {state}"
+    cell = tags.get("dlor.cell")
+    return f"{short}{mark} · {cell}" if cell else f"{short}{mark}"
+
+
+def member_note(key: str, tags: dict, finals: dict) -> str:
+    """A member run's description (markdown): what it is and how it ended, in words."""
+    state = str(tags.get("state") or "?")
+    short = key.rsplit("/", 1)[-1]
+    phase = tags.get("dlor.phase", "?")
+    trial = tags.get("optuna.trial")
+    epochs = finals.get("epochs_trained")
+    wall = finals.get("wall_time_s")
+    lines = [f"**{short}** — {phase} member of cell `{tags.get('dlor.cell', '?')}`"
+             + (f", Optuna trial {trial}" if trial is not None else "")
+             + (f", confirmation of trial {tags['dlor.confirm_of']}" if "dlor.confirm_of" in tags else "")
+             + f", seed {tags.get('dlor.seed', '?')}."]
+    if state == "pruned":
+        lines.append(f"**PRUNED** by the Optuna pruner after {_num(epochs)} epochs: its curves stop there "
+                     f"and its scores are not a trained result.")
+    elif state == "completed":
+        lines.append(f"Completed: {_num(epochs)} epochs.")
+    else:
+        lines.append(f"**{state.upper()}** after {_num(epochs)} epochs.")
+    if wall is not None and _finite(wall):
+        lines.append(f"Training wall time: {float(wall):.1f} s (metric `wall_time_s`; the run's start and end "
+                     f"times span the training).")
+    lines.append(f"Key: `{key}`")
+    return "\n\n".join(lines)
+
+
+def _num(v) -> str:
+    try:
+        return str(int(v))
+    except (TypeError, ValueError):
+        return "?"
+
 
 _FAILPOINT_HITS: dict[str, int] = {}
 
@@ -147,7 +203,8 @@ class Tracker:
                     return exp.experiment_id
                 try:
                     return self.client.create_experiment(self.experiment_name,
-                                                         artifact_location=self.artifact_location)
+                                                         artifact_location=self.artifact_location,
+                                                         tags=dict(EXPERIMENT_KIND))
                 except Exception:
                     exp = self.client.get_experiment_by_name(self.experiment_name)
                     if exp is None:
@@ -155,6 +212,19 @@ class Tracker:
                     return exp.experiment_id
             self._exp_id = _retry(get_or_create, attempts=self.attempts, what="get/create experiment")
         return self._exp_id
+
+    def describe_experiment(self, text: str | None = None) -> None:
+        """Tag the experiment as model training (`EXPERIMENT_KIND`) and set its description
+        (idempotent: an experiment made by an older version gets them on the next launch)."""
+        exp = _retry(lambda: self.client.get_experiment(self.experiment_id), attempts=self.attempts,
+                     what="get experiment")
+        want = dict(EXPERIMENT_KIND)
+        if text:
+            want["mlflow.note.content"] = text
+        for k, v in want.items():
+            if exp.tags.get(k) != v:
+                _retry(lambda k=k, v=v: self.client.set_experiment_tag(self.experiment_id, k, v),
+                       attempts=self.attempts, what="set experiment tag")
 
     def find_run(self, key: str):
         runs = _retry(lambda: self.client.search_runs(
@@ -216,6 +286,11 @@ class Tracker:
         `fresh=True` promises that no run with this key can exist yet (the member was
         first started in this process), which saves the lookup; replays never pass it.
         """
+        if kind == "member":   # readable in the UI: short distinct name, state marker, description
+            name = member_run_name(key, tags)
+            tags = {**tags, "mlflow.note.content": member_note(key, tags, finals)}
+            if tags.get("state") == "pruned":
+                tags["dlor.pruned"] = "1"
         existing = None if fresh else self.find_run(key)
         if existing is not None and existing.data.tags.get("dlor.complete") == "1":
             # Everything is in, but a writer killed between the last batch and
@@ -227,7 +302,13 @@ class Tracker:
             all_tags = {"dlor.key": key, "kind": kind, **{k: str(v) for k, v in tags.items()}}
             if parent_id:
                 all_tags["mlflow.parentRunId"] = parent_id
-            run_id = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags),
+            # Started when its training started: the run's duration in the UI is the member's
+            # training, not the few milliseconds of this write.
+            wall = finals.get("wall_time_s")
+            start = (int(time.time() * 1000 - float(wall) * 1000)
+                     if wall is not None and _finite(wall) and float(wall) >= 0 else None)
+            run_id = _retry(lambda: self.client.create_run(self.experiment_id, start_time=start, run_name=name,
+                                                           tags=all_tags),
                             attempts=self.attempts, what="create run").info.run_id
             fresh = True
         else:
@@ -311,6 +392,50 @@ class Tracker:
             token = page.token
             if not token:
                 return out
+
+
+def describe_fit_runs(tracker: Tracker) -> int:
+    """Say in each ``kind=fit`` run whether its exponents are identified: tags
+    ``dlor.identified`` (all / partial / none) and ``dlor.not_identified`` (the families),
+    a description listing every family's α with its CI or "NOT IDENTIFIED" (its bootstrap
+    CI spans the fit's bounds, so the recorded α and CI are not an estimate), and, when a
+    family is not identified, a run name that says so. Read from the run's own metrics
+    (``<family>.alpha_identified`` ...), so it is idempotent and works for any fit run.
+    Returns how many runs were changed."""
+    changed = 0
+    for r in tracker.runs(kind="fit"):
+        m, t = r.data.metrics, r.data.tags
+        fams = sorted(k[: -len(".alpha_identified")] for k in m if k.endswith(".alpha_identified"))
+        if not fams:
+            continue
+        bad = [f for f in fams if not m[f"{f}.alpha_identified"]]
+        lines = [f"Scaling-law fit ({t.get('fit.form', r.data.params.get('form', '?'))}) of study "
+                 f"`{t.get('dlor.study', tracker.experiment_name)}`."]
+        for f in fams:
+            if f in bad:
+                lines.append(f"- **{f}: α NOT IDENTIFIED** — its bootstrap CI spans the fit's bounds, so the "
+                             f"recorded `{f}.alpha` and its CI are not an estimate.")
+            else:
+                ci = (f" [{m[f + '.alpha_lo']:.3g}, {m[f + '.alpha_hi']:.3g}]"
+                      if f"{f}.alpha_lo" in m and f"{f}.alpha_hi" in m else "")
+                lines.append(f"- {f}: α = {m.get(f + '.alpha', math.nan):.3g}{ci}")
+        for k in sorted(m):
+            if k.endswith(".identified") and not k.endswith(".alpha_identified"):
+                pair = k[: -len(".identified")].replace("_vs_", " vs ")
+                if not m[k]:
+                    lines.append(f"- Δα {pair}: **not identified** (an exponent is not)")
+                elif k[: -len(".identified")] + ".delta_alpha" in m:
+                    lines.append(f"- Δα {pair}: {m[k[: -len('.identified')] + '.delta_alpha']:.3g}")
+        tags = {"dlor.identified": "all" if not bad else ("none" if len(bad) == len(fams) else "partial"),
+                "dlor.not_identified": ",".join(bad) or "none",
+                "mlflow.note.content": "\n".join(lines)}
+        base = t.get("mlflow.runName", "fit").split(" · ")[0]
+        tags["mlflow.runName"] = f"{base} · not identified: {', '.join(bad)}" if bad else base
+        new = {k: v for k, v in tags.items() if t.get(k) != v}
+        if new:
+            tracker.log_batch(r.info.run_id, tags=new)
+            changed += 1
+    return changed
 
 
 def _finite(v: Any) -> bool:

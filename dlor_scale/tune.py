@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan
-from .tracking import Tracker, code_version
+from .tracking import Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
 from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
 
@@ -44,6 +44,7 @@ class LaunchResult:
     counts: dict = field(default_factory=dict)
     failed_units: list = field(default_factory=list)
     fit: object | None = None
+    experiment_id: str | None = None
 
 
 # ----------------------------------------------------------------------------- context
@@ -153,6 +154,12 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
     art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
     tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
+    tracker.describe_experiment(
+        f"dlor-scale study `{study.name}` (spec hash {ctx['spec_hash']}). "
+        + (f"{study.description.strip()} " if study.description.strip() else "")
+        + "Runs: the study run → one run per cell (family@budget) → one run per member (`t<trial>`: search, "
+          "`c<trial>s<seed>`: confirmation; pruned members say so in their name and tag `dlor.pruned`); "
+          "`kind=fit` runs hold the scaling-law fits.")
     parent = tracker.get_or_create_run(study.name, name=study.name, kind="study",
                                        tags={"dlor.study": study.name, "spec_hash": ctx["spec_hash"],
                                              "code_version": ctx["code_version"]})
@@ -333,9 +340,11 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             ray.shutdown()
     result = LaunchResult(study_dir, ctx["tracking_uri"], ctx["optuna_storage"], len(units) + len(cunits))
     result.counts = unit_totals(study_dir, units + cunits)
+    result.experiment_id = tracker.experiment_id
     if fit:
         result.fit = _fit_study(study, tracker)
         close_member_runs(tracker, kind="fit")
+        describe_fit_runs(tracker)   # unidentified exponents say so in the run (tags, description, name)
     close_cell_runs(ctx, tracker, result.fit)
     tracker.finish(ctx["study_run"])
     return result

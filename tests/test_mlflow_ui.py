@@ -57,8 +57,8 @@ SPEC = {
     "search_space": {"lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
                      "init_scale": {"type": "float", "low": 0.5, "high": 1.5}},
     "sampler": {"kind": "random", "seed": 0},
-    "trials_per_cell": 3,
-    "cohort_size": 3,
+    "trials_per_cell": 4,   # 4 trials in 2 slots: successive halving prunes, pruned members are shown
+    "cohort_size": 2,
     "epochs": 150,
     "report_every": 10,
     "metric": "rmse",
@@ -119,7 +119,7 @@ def study(tmp_path_factory):
     print(f"\nui study launch: rc={proc.returncode} in {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     study_dir = tmp / "runs" / "uicheck"
-    return {"dir": study_dir, "uri": f"sqlite:///{study_dir / 'mlflow.db'}", "tmp": tmp}
+    return {"dir": study_dir, "uri": f"sqlite:///{study_dir / 'mlflow.db'}", "tmp": tmp, "stdout": proc.stdout}
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +237,111 @@ def test_artifact_view_renders_scaling_png(browser, server, fit_run, tmp_path):
     DOCS_FIGURE.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, DOCS_FIGURE)
     print(f"\nartifact view screenshot: {shot} → {DOCS_FIGURE}")
+
+
+# --------------------------------------------------------------------------- readability (issue 14)
+
+def _goto_runs_table(page, url: str) -> str:
+    """Open ``url`` and wait for the runs table (its "Run Name" header); the final URL."""
+    page.goto(url, timeout=UI_WAIT_MS)
+    page.get_by_text("Run Name", exact=True).first.wait_for(timeout=UI_WAIT_MS)
+    page.get_by_text("matching runs").first.wait_for(timeout=UI_WAIT_MS)
+    return page.url
+
+
+def test_experiment_opens_on_the_runs_view(browser, server, study, fit_run):
+    """The link `launch` prints opens the runs table ("Model training"), not MLflow 3's
+    GenAI traces page; the experiment is tagged as model training for UIs that read it."""
+    from mlflow.tracking import MlflowClient
+    exp_id, _ = fit_run
+    exp = MlflowClient(server).get_experiment(exp_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
+    assert "dlor-scale study" in exp.tags.get("mlflow.note.content", "")
+    line = next(x for x in study["stdout"].splitlines() if x.startswith("browse:"))
+    printed = line.split("→", 1)[1].strip()
+    assert printed.startswith("http://127.0.0.1:5000/#/experiments/"), line
+    url = server + printed.removeprefix("http://127.0.0.1:5000")
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        final = _goto_runs_table(page, url)
+        assert f"/experiments/{exp_id}/runs" in final, final
+        text = page.inner_text("body")
+        assert "No data available" not in text
+        assert "uicheck" in text  # the study run heads the table
+        page.screenshot(path=str(study["tmp"] / "runs_view.png"))
+    finally:
+        page.close()
+
+
+def _members(server, exp_id):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(server).search_runs([exp_id], filter_string="tags.kind = 'member'", max_results=1000)
+
+
+def test_member_names_are_short_and_distinct(server, fit_run):
+    """Names lead with the member's own key (``t3``, ``c5s0``): distinct within a cell
+    where the UI cuts them, unique in the study."""
+    exp_id, _ = fit_run
+    members = _members(server, exp_id)
+    names = [m.info.run_name for m in members]
+    assert len(set(names)) == len(names), names
+    by_cell: dict = {}
+    for m in members:
+        head = m.info.run_name.split(" ")[0]
+        assert len(head) <= 8 and head[0] in "tc", m.info.run_name
+        by_cell.setdefault(m.data.tags["dlor.cell"], []).append(head)
+    for cell, heads in by_cell.items():
+        assert len(set(heads)) == len(heads), (cell, heads)
+
+
+def test_a_pruned_member_is_distinguishable(browser, server, fit_run):
+    exp_id, _ = fit_run
+    members = _members(server, exp_id)
+    pruned = [m for m in members if m.data.tags.get("state") == "pruned"]
+    done = [m for m in members if m.data.tags.get("state") == "completed"]
+    assert pruned and done, "the UI study must prune some members"
+    for m in pruned:
+        assert m.data.tags.get("dlor.pruned") == "1" and " pruned" in m.info.run_name, m.info.run_name
+        assert "PRUNED" in m.data.tags.get("mlflow.note.content", "")
+    for m in done:
+        assert "pruned" not in m.info.run_name and "dlor.pruned" not in m.data.tags
+    # its page says so (name and description)
+    m = pruned[0]
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(f"{server}/#/experiments/{exp_id}/runs/{m.info.run_id}?workflowType=machine_learning",
+                  timeout=UI_WAIT_MS)
+        page.get_by_text("PRUNED", exact=False).first.wait_for(timeout=UI_WAIT_MS)
+        assert m.info.run_name in page.inner_text("body")
+    finally:
+        page.close()
+    # member durations are their training, not the MLflow write
+    for m in members:
+        wall = m.data.metrics["wall_time_s"]
+        dur = (m.info.end_time - m.info.start_time) / 1000
+        assert dur >= 0.9 * wall, (m.info.run_name, dur, wall)
+
+
+def test_cell_runs_finished_and_fit_says_what_is_identified(browser, server, fit_run):
+    from mlflow.tracking import MlflowClient
+    exp_id, fit = fit_run
+    client = MlflowClient(server)
+    cells = client.search_runs([exp_id], filter_string="tags.kind = 'cell'")
+    assert cells and all(c.info.status == "FINISHED" for c in cells), [(c.info.run_name, c.info.status) for c in cells]
+    t = fit.data.tags
+    assert t.get("dlor.identified") in ("all", "partial", "none"), t
+    note = t.get("mlflow.note.content", "")
+    for fam in ("dlor_deep", "dlor_wide"):
+        ok = fit.data.metrics[f"{fam}.alpha_identified"] == 1
+        assert (f"{fam}: α NOT IDENTIFIED" in note) != ok, note
+        assert (fam in t["dlor.not_identified"].split(",")) != ok
+    if t["dlor.identified"] != "all":
+        assert "not identified" in fit.info.run_name
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        c = cells[0]
+        page.goto(f"{server}/#/experiments/{exp_id}/runs/{c.info.run_id}?workflowType=machine_learning",
+                  timeout=UI_WAIT_MS)
+        page.get_by_text("Finished", exact=True).first.wait_for(timeout=UI_WAIT_MS)
+    finally:
+        page.close()
