@@ -606,6 +606,12 @@ class OptunaSource:
         *one* append; other storages report trial by trial. Exactly-once holds as for
         `_tell_step`: steps already stored are skipped, and a retried append that had
         landed only rewrites the same values (the journal applies them idempotently).
+
+        Private Optuna API, isolated here on purpose: Optuna has no public batch report,
+        so this reads `JournalStorage` internals (``_backend``, ``_replay_result``,
+        ``_thread_lock``, ``_sync_with_backend``; optuna 4.x). Where any is missing it
+        falls back to public ``trial.report`` calls (tests/test_overhead_search.py
+        checks both paths give identical trials).
         """
         todo, seen = [], set()
         for key, value, step in items:
