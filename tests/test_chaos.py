@@ -32,8 +32,11 @@ SPEC = {k: v for k, v in TINY.items() if k != "name"} | {
     "search_space": {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True}},
     "sampler": {"kind": "random", "seed": 7},
     "pruner": {"kind": "none"},
-    "epochs": 400,
-    "report_every": 20,
+    # Long enough that units are still mid-run 8 s after the worker kill (so the driver kill
+    # leaves checkpoints to resume from): with 400 epochs the tiny units could all finish
+    # inside that window and the resume path went unexercised (seen once in .ci/run).
+    "epochs": 1200,
+    "report_every": 60,
     "checkpoint_every": 1,
 }
 
