@@ -70,6 +70,16 @@ def plan_table(plan) -> Table:
     return t
 
 
+def _is_done_marker(path: Path) -> bool:
+    """A unit's done marker counts only when it holds a summary (a JSON object): an empty or
+    corrupt one is re-run by the next launch (`worker.UnitFiles.read_done`). Read-only here:
+    `status` never moves files."""
+    try:
+        return isinstance(json.loads(path.read_bytes()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 @app.command()
 def validate(file: Path = typer.Argument(..., help="study YAML")):
     """Check a study file; print its plan size."""
@@ -200,7 +210,7 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
                       format_pruned_at(c["pruned_at"]), str(c["refilled"]), str(c["failed"]),
                       "—" if best is None else f"{best:.4g}")
         out.print(t)
-        done = len(list((Path(info["study_dir"]) / "units").glob("*.done.json")))
+        done = sum(_is_done_marker(p) for p in (Path(info["study_dir"]) / "units").glob("*.done.json"))
         out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}", markup=False)
         import time
         for hb in sorted((Path(info["study_dir"]) / "heartbeats").glob("*.json")):

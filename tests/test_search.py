@@ -431,6 +431,14 @@ def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path)
     assert cells[:4] == ["dense@100", "13", "1", str(c["completed"])]
     assert cells[4] == str(c["pruned"]) and cells[5].startswith("6@10") and cells[6] == "4"
     assert search.count_metrics(c)["search.pruned_at_10"] == 6.0
+    # finished units: only markers holding a summary count (an empty one is re-run by launch)
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "search_dense@100_0.done.json").write_text(json.dumps({"completed": 6}))
+    (units / "search_dense@200_0.done.json").write_text("")
+    r = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert r.exit_code == 0 and "1 cohort units finished" in " ".join(r.output.split()), r.output
+    assert (units / "search_dense@200_0.done.json").exists()   # status moves nothing
 
 
 @pytest.mark.slow
