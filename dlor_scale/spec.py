@@ -879,6 +879,21 @@ def check_locations(study: "Study", *, folder: bool = True) -> None:
             raise SpecError(f"{src}: {label}: {url}: {path} {why}")
 
 
+def read_study_marker(marker: Path, study_name: str, error=SpecError, prefix: str = "") -> dict:
+    """A study folder's ``study.json`` as a dict; an unreadable one raises ``error`` naming the
+    file (nothing may be written into a folder whose owner cannot be told)."""
+    try:
+        if marker.stat().st_size > 64 * 1024 * 1024:
+            raise ValueError("larger than 64 MiB")
+        old = json.loads(marker.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise error(f"{prefix}{marker} is unreadable ({e}): cannot tell whether {marker.parent} holds "
+                    f"study {study_name!r}; restore the file or remove the folder") from None
+    return old
+
+
 def check_study_folder(study: "Study", sdir: Path) -> None:
     """An existing ``sdir`` must be this study's folder (or an empty folder)."""
     src = study.source
@@ -901,15 +916,7 @@ def check_study_folder(study: "Study", sdir: Path) -> None:
             return
         raise SpecError(f"{src}: study folder {sdir} exists, is not empty and holds no study.json: it is not a "
                         f"dlor-scale study, so nothing is written there; choose another output_dir or name")
-    try:
-        if marker.stat().st_size > 64 * 1024 * 1024:
-            raise ValueError("larger than 64 MiB")
-        old = json.loads(marker.read_text())
-        if not isinstance(old, dict):
-            raise ValueError(f"a JSON {type(old).__name__}, not an object")
-    except (OSError, ValueError) as e:
-        raise SpecError(f"{src}: {marker} is unreadable ({e}): cannot tell whether {sdir} holds study "
-                        f"{study.name!r}; restore the file or remove the folder") from None
+    old = read_study_marker(marker, study.name, SpecError, prefix=f"{src}: ")
     if old.get("name") != study.name:
         raise SpecError(f"{src}: study folder {sdir} holds another study ({old.get('name')!r} in its "
                         f"study.json), not {study.name!r}; choose another output_dir or name")

@@ -131,13 +131,8 @@ def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
     study_dir = Path(ctx["study_dir"])
     marker = study_dir / "study.json"
     if marker.exists():
-        try:
-            old = json.loads(marker.read_text())
-            if not isinstance(old, dict):
-                raise ValueError(f"a JSON {type(old).__name__}, not an object")
-        except (OSError, ValueError) as e:
-            raise DlorError(f"{marker} is unreadable ({e}): cannot tell whether {study_dir} holds study "
-                            f"{study.name!r}; restore the file or remove the folder") from None
+        from .spec import read_study_marker
+        old = read_study_marker(marker, study.name, DlorError)
         check_same_data(old, ctx.get("data"), study.name, study_dir)
         if old.get("spec_hash") != ctx["spec_hash"]:
             raise SpecError(
