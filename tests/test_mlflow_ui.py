@@ -249,19 +249,33 @@ def _goto_runs_table(page, url: str) -> str:
     return page.url
 
 
+def _printed_url(study, server) -> str:
+    """The UI link `launch` printed, pointed at the test's server."""
+    line = next(x for x in study["stdout"].splitlines() if x.startswith("browse:"))
+    printed = line.split("→", 1)[1].strip()
+    assert printed.startswith("http://127.0.0.1:5000/#/experiments/"), line
+    return server + printed.removeprefix("http://127.0.0.1:5000")
+
+
 def test_experiment_opens_on_the_runs_view(browser, server, study, fit_run):
     """The link `launch` prints opens the runs table ("Model training"), not MLflow 3's
-    GenAI traces page; the experiment is tagged as model training for UIs that read it."""
+    GenAI page; the experiment is tagged as model training for UIs that read it.
+
+    MLflow 3.17.2's UI ignores that tag: its experiment page takes the kind from a
+    workflow type, the ``workflowType`` URL parameter or else the browser's localStorage
+    ``mlflow.workflowType_v1`` (set by the sidebar's GenAI / Model training switch),
+    defaulting to GenAI; no server setting feeds it. A plain experiment link in a fresh
+    browser therefore lands on GenAI's overview, which is checked too: when an MLflow
+    upgrade honours the tag, that check fails and the README's browsing section and
+    `ui_url`'s query can be revisited."""
     from mlflow.tracking import MlflowClient
     exp_id, _ = fit_run
     exp = MlflowClient(server).get_experiment(exp_id)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
     assert "dlor-scale study" in exp.tags.get("mlflow.note.content", "")
-    line = next(x for x in study["stdout"].splitlines() if x.startswith("browse:"))
-    printed = line.split("→", 1)[1].strip()
-    assert printed.startswith("http://127.0.0.1:5000/#/experiments/"), line
-    url = server + printed.removeprefix("http://127.0.0.1:5000")
-    page = browser.new_page(viewport=VIEWPORT)
+    url = _printed_url(study, server)
+    assert url.endswith(f"/#/experiments/{exp_id}/runs?workflowType=machine_learning"), url
+    page = browser.new_page(viewport=VIEWPORT)  # a fresh context: no stored workflow type
     try:
         final = _goto_runs_table(page, url)
         assert f"/experiments/{exp_id}/runs" in final, final
@@ -271,6 +285,15 @@ def test_experiment_opens_on_the_runs_view(browser, server, study, fit_run):
         page.screenshot(path=str(study["tmp"] / "runs_view.png"))
     finally:
         page.close()
+    page = browser.new_page(viewport=VIEWPORT)  # why the link carries the query (see above)
+    try:
+        page.goto(f"{server}/#/experiments/{exp_id}", timeout=UI_WAIT_MS)
+        page.wait_for_url("**workflowType=**", timeout=UI_WAIT_MS)  # the UI's redirect to a tab
+        assert "workflowType=genai" in page.url and "/runs" not in page.url, (
+            f"a plain experiment link now opens {page.url}: MLflow may honour mlflow.experimentKind, "
+            "revisit README 'Browse the runs' and tracking.ui_url")
+    finally:
+        page.close()
 
 
 def _members(server, exp_id):
@@ -278,11 +301,95 @@ def _members(server, exp_id):
     return MlflowClient(server).search_runs([exp_id], filter_string="tags.kind = 'member'", max_results=1000)
 
 
-def test_member_names_are_short_and_distinct(server, fit_run):
-    """Names lead with the member's own key (``t3``, ``c5s0``): distinct within a cell
-    where the UI cuts them, unique in the study."""
+NAME_COL = '[col-id="attributes.`Run Name`"]'   # the runs table's (AG Grid) name cell
+STATUS_ICON = '[col-id="runDateAndNestInfo"] svg'  # "Created" cell: the run-status icon, then the date
+
+# Per table row: the displayed name and its visible part, the longest prefix that lies
+# left of where the cell cuts it (the ellipsis' own width included), measured from the
+# laid-out text; and the markup of its status icon (MLflow draws one per status, no label).
+_ROW_JS = """(row) => {
+    const a = row.querySelector('a'); const s = a.querySelector('span') || a; const t = s.firstChild;
+    const name = t.textContent;
+    const truncated = s.scrollWidth > s.clientWidth;
+    const ctx = document.createElement('canvas').getContext('2d'); ctx.font = getComputedStyle(s).font;
+    const limit = s.getBoundingClientRect().left + s.clientWidth - (truncated ? ctx.measureText('\\u2026').width : 0) + 0.5;
+    const r = document.createRange(); r.setStart(t, 0);
+    let k = name.length;
+    for (; k > 0; k--) { r.setEnd(t, k); if (r.getBoundingClientRect().right <= limit) break; }
+    return {name, shown: a.innerText, visible: name.slice(0, k), truncated};
+}"""
+
+
+@pytest.fixture(scope="module")
+def runs_table(browser, server, study, fit_run):
+    """Walk the runs table as a user would from the printed link: expand the study run,
+    then each cell run in turn (MLflow nests children under their parent, collapsed), and
+    record every row as displayed. Rows are found by run id (AG Grid's ``row-id``)."""
+    from mlflow.tracking import MlflowClient
     exp_id, _ = fit_run
+    client = MlflowClient(server)
+    study_run, = client.search_runs([exp_id], filter_string="tags.kind = 'study'")
+    cells = client.search_runs([exp_id], filter_string="tags.kind = 'cell'")
     members = _members(server, exp_id)
+    children: dict = {}
+    for m in members:
+        children.setdefault(m.data.tags["mlflow.parentRunId"], []).append(m)
+    page = browser.new_page(viewport=VIEWPORT)
+
+    def row(run_id):
+        return page.locator(f'[row-id="{run_id}"] {NAME_COL}')
+
+    def read(run_id):
+        r = row(run_id)
+        r.wait_for(timeout=UI_WAIT_MS)
+        info = r.evaluate(_ROW_JS)
+        icon = page.locator(f'[row-id="{run_id}"] {STATUS_ICON}').first
+        info["icon"] = icon.evaluate("e => e.outerHTML") if icon.count() else None
+        return info
+
+    try:
+        _goto_runs_table(page, _printed_url(study, server))
+        shown = {"study": read(study_run.info.run_id), "cells": {}, "members": {}}
+        assert page.locator(f"[row-id] {NAME_COL}").count() == 1, "the study run alone heads the table"
+        row(study_run.info.run_id).locator("button").click()  # expand the study: its cells appear
+        for c in cells:
+            shown["cells"][c.info.run_id] = read(c.info.run_id)
+        for c in cells:
+            kids = children.get(c.info.run_id, [])
+            assert kids, c.info.run_name
+            assert row(kids[0].info.run_id).count() == 0, "members start collapsed under their cell"
+            row(c.info.run_id).locator("button").click()      # expand the cell
+            for m in kids:
+                shown["members"][m.info.run_id] = read(m.info.run_id)
+            if c is cells[0]:
+                page.screenshot(path=str(study["tmp"] / "runs_table_cell.png"))
+            row(c.info.run_id).locator("button").click()      # and fold it again
+            row(kids[0].info.run_id).wait_for(state="detached", timeout=UI_WAIT_MS)
+    finally:
+        page.close()
+    return {"study": study_run, "cells": cells, "members": members, "children": children, "shown": shown}
+
+
+def test_member_names_are_short_and_distinct(runs_table):
+    """Names lead with the member's own key (``t3``, ``c5s0``): distinct within a cell
+    where the UI cuts them, unique in the study. In the browser: every member shows in the
+    runs table under its cell, with its name, and the part of each name left visible by
+    the name column differs between the members of a cell (a name that led with the
+    cell, or a shared prefix, would be cut to the same text)."""
+    members = runs_table["members"]
+    shown = runs_table["shown"]["members"]
+    for cell in runs_table["cells"]:
+        kids = runs_table["children"][cell.info.run_id]
+        rows = [shown[m.info.run_id] for m in kids]
+        assert [r["name"] for r in rows] == [m.info.run_name for m in kids], (cell.info.run_name, rows)
+        assert all(r["shown"] == r["name"] for r in rows), rows
+        visible = [r["visible"] for r in rows]
+        assert all(len(v) >= 2 for v in visible), (cell.info.run_name, visible)
+        assert len(set(visible)) == len(visible), (cell.info.run_name, visible)
+    assert any(r["truncated"] for r in shown.values()), "the name column is expected to cut member names"
+    names = [r["name"] for r in shown.values()]
+    assert len(names) == len(members) and len(set(names)) == len(names), names
+    # and the stored names
     names = [m.info.run_name for m in members]
     assert len(set(names)) == len(names), names
     by_cell: dict = {}
@@ -294,12 +401,20 @@ def test_member_names_are_short_and_distinct(server, fit_run):
         assert len(set(heads)) == len(heads), (cell, heads)
 
 
-def test_a_pruned_member_is_distinguishable(browser, server, fit_run):
+def test_a_pruned_member_is_distinguishable(browser, server, fit_run, runs_table):
     exp_id, _ = fit_run
-    members = _members(server, exp_id)
+    members = runs_table["members"]
     pruned = [m for m in members if m.data.tags.get("state") == "pruned"]
     done = [m for m in members if m.data.tags.get("state") == "completed"]
     assert pruned and done, "the UI study must prune some members"
+    # in the runs table, "pruned" is in the visible part of a pruned member's name only
+    shown = runs_table["shown"]["members"]
+    for m in pruned:
+        assert "pruned" in shown[m.info.run_id]["visible"], shown[m.info.run_id]
+    for m in done:
+        assert "pruned" not in shown[m.info.run_id]["name"], shown[m.info.run_id]
+    assert any(len({m.data.tags["state"] for m in kids}) > 1 for kids in runs_table["children"].values()), \
+        "some cell shows pruned and completed members side by side"
     for m in pruned:
         assert m.data.tags.get("dlor.pruned") == "1" and " pruned" in m.info.run_name, m.info.run_name
         assert "PRUNED" in m.data.tags.get("mlflow.note.content", "")
@@ -322,12 +437,23 @@ def test_a_pruned_member_is_distinguishable(browser, server, fit_run):
         assert dur >= 0.9 * wall, (m.info.run_name, dur, wall)
 
 
-def test_cell_runs_finished_and_fit_says_what_is_identified(browser, server, fit_run):
-    from mlflow.tracking import MlflowClient
+def test_cell_runs_finished_and_fit_says_what_is_identified(browser, server, fit_run, runs_table):
     exp_id, fit = fit_run
-    client = MlflowClient(server)
-    cells = client.search_runs([exp_id], filter_string="tags.kind = 'cell'")
-    assert cells and all(c.info.status == "FINISHED" for c in cells), [(c.info.run_name, c.info.status) for c in cells]
+    cells = runs_table["cells"]
+    assert len(cells) == 8, [c.info.run_name for c in cells]  # 2 families × 4 budgets
+    assert all(c.info.status == "FINISHED" for c in cells), [(c.info.run_name, c.info.status) for c in cells]
+    # in the runs table: every cell is listed under the study, by its name, with the status
+    # icon of a finished run (the study's and the members'; the API says they finished)
+    shown = runs_table["shown"]
+    assert runs_table["study"].info.status == "FINISHED"
+    finished_icon = shown["study"]["icon"]
+    assert finished_icon, shown["study"]
+    for c in cells:
+        row = shown["cells"][c.info.run_id]
+        assert row["name"] == c.info.run_name and row["visible"] == c.info.run_name, row
+        assert row["icon"] == finished_icon, (c.info.run_name, row["icon"], finished_icon)
+    for m in runs_table["members"]:
+        assert m.info.status == "FINISHED" and shown["members"][m.info.run_id]["icon"] == finished_icon
     t = fit.data.tags
     assert t.get("dlor.identified") in ("all", "partial", "none"), t
     note = t.get("mlflow.note.content", "")
