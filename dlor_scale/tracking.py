@@ -59,8 +59,9 @@ MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 
 #: Experiment tags that make the MLflow UI a model-training view, not GenAI's traces.
 #: ``mlflow.experimentKind`` is what MLflow 3 (and Databricks) read for an experiment's
-#: kind; the 3.17 OSS UI instead follows a global GenAI / Model training switch (GenAI
-#: unless switched), which `ui_url`'s ``workflowType=machine_learning`` link sets.
+#: kind; the 3.17 OSS UI ignores it and follows a workflow type: the URL's ``workflowType``,
+#: else the browser's saved GenAI / Model training switch, else GenAI (no server knob), so
+#: `ui_url`'s link carries ``workflowType=machine_learning``.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_RUNS_QUERY = "workflowType=machine_learning"
 
