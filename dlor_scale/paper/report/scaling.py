@@ -76,7 +76,7 @@ def _alpha_identified(fit: dict) -> bool:
     Why: with few, noisy points `fit_law` returns *some* α, but a CI spanning [0, 5] means
     the data do not constrain it, and Δα then carries no evidence either way.
     """
-    from ..fit import ALPHA_MAX
+    from ...fit import ALPHA_MAX
 
     ci = fit.get("alpha_ci")
     return bool(ci) and math.isfinite(fit.get("alpha", math.nan)) and ci[0] > 1e-9 and ci[1] < ALPHA_MAX - 1e-6
@@ -91,7 +91,7 @@ def _curves_compare(rows, deep, wide, path: Path, n_boot: int) -> dict:
     """
     import pyarrow as pa
 
-    from ..curves import Curves, points_from_runs
+    from ...curves import Curves, points_from_runs
 
     table = pa.Table.from_pandas(rows, preserve_index=False)
     curves = Curves.from_points(points_from_runs(table), n_boot=n_boot)
@@ -109,8 +109,8 @@ def _curves_compare(rows, deep, wide, path: Path, n_boot: int) -> dict:
 
 def _fit_compare(stats, deep, wide, path: Path, n_boot: int) -> dict:
     """Fallback: saturating law per family on the cell medians, bootstrap comparison, plot."""
-    from ..errors import FitError
-    from ..fit import compare, fit_law
+    from ...errors import FitError
+    from ...fit import compare, fit_law
 
     fits, out = {}, {"fits": {}}
     for fam in _families(stats):
