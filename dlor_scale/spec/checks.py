@@ -36,7 +36,7 @@ def search_problems(s: Study) -> list[Problem]:
     the planner: a cell's trials are split over its shapes, and each shape is one cohort
     whose first ``slots`` asks form one wave before anything is told.
     """
-    from ..search import make_pruner, pruner_steps
+    from ..pruners import make_pruner, pruner_steps
     out: list[Problem] = []
 
     def warn(path, what):
