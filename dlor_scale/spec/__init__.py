@@ -27,8 +27,8 @@ from .locations import check_locations, check_study_folder, read_study_marker, s
 from .problems import Problem
 from .sampler_pruner import PrunerSpec, SamplerSpec
 from .study import Study, study_json_schema, target_io
-from .vocabulary import (AXIS_MAX, HPARAM_DOMAINS, HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, MAX_GRID, MAX_TOTAL_GRID,
-                         METRICS)
+from .vocabulary import (AXIS_MAX, HPARAM_DOMAINS, HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, MAX_GRID,
+                         MAX_TOTAL_GRID, METRICS)
 
 __all__ = [
     "AXIS_MAX", "Distribution", "FamilySpec", "HPARAMS", "HPARAM_DOMAINS", "IntRange", "LOCATION_FIELDS",

@@ -11,19 +11,19 @@ from pydantic_core import PydanticCustomError
 
 from .. import budget as budget_solver
 from ..errors import BudgetError
-from .distributions import Distribution, _domain_text, _in_domain
+from .distributions import Distribution, domain_text, in_domain
 from .families import FamilySpec
-from .locations import _expand_user
+from .locations import expand_user
 from .problems import Problem
 from .study import Study
-from .vocabulary import AXIS_USERS, MAX_GRID, MAX_TOTAL_GRID, _integral
+from .vocabulary import AXIS_USERS, MAX_GRID, MAX_TOTAL_GRID, as_integral
 
 
 def _budget_index(raw: Any, value: int) -> int | None:
     """Where the user wrote a budget (the model sorts them; the message should not)."""
     if isinstance(raw, list):
         for i, v in enumerate(raw):
-            if _integral(v) == value:
+            if as_integral(v) == value:
                 return i
     return None
 
@@ -87,7 +87,7 @@ def search_warnings(s: Study) -> list[str]:
     return [f"{p.path}: {p.what}" for p in search_problems(s)]
 
 
-def _cross_check(s: Study, raw: dict) -> list[Problem]:
+def cross_check(s: Study, raw: dict) -> list[Problem]:
     """Rules spanning several fields, then budget feasibility of every cell."""
     probs: list[Problem] = []
 
@@ -124,7 +124,7 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
             bad("target.path", "must not contain a NUL character", tp)
         elif tp.startswith("~"):
             try:
-                _expand_user(tp)
+                expand_user(tp)
             except PydanticCustomError as e:
                 bad("target.path", e.message(), tp)
     n_train = getattr(s.target, "n_train", None)
@@ -133,8 +133,8 @@ def _cross_check(s: Study, raw: dict) -> list[Problem]:
 
     for name, param in s.search_space.items():
         lo, hi = param.bounds() if isinstance(param, Distribution) else (param, param)
-        if not _in_domain(name, lo, hi):
-            bad(f"search_space.{name}", f"{name} must lie in {_domain_text(name)}",
+        if not in_domain(name, lo, hi):
+            bad(f"search_space.{name}", f"{name} must lie in {domain_text(name)}",
                 raw["search_space"][name])
 
     feasible: list[str] = []

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Tag, model_validator
 
-from .vocabulary import HPARAM_DOMAINS, HPARAMS, Float, _fail, _Model
+from .vocabulary import HPARAM_DOMAINS, HPARAMS, Float, SpecModel, invalid
 
 
-class Distribution(_Model):
+class Distribution(SpecModel):
     """One Optuna distribution. Field names follow ``trial.suggest_*`` on purpose."""
 
     type: Literal["float", "int", "categorical"]
@@ -23,31 +23,31 @@ class Distribution(_Model):
     def _consistent(self) -> Distribution:
         if self.type == "categorical":
             if not self.choices:
-                raise _fail("categorical needs a non-empty 'choices' list")
+                raise invalid("categorical needs a non-empty 'choices' list")
             if len(set(self.choices)) != len(self.choices):
-                raise _fail(f"choices contain duplicates: {self.choices}")
+                raise invalid(f"choices contain duplicates: {self.choices}")
             extra = [k for k in ("low", "high", "step") if getattr(self, k) is not None]
             if extra or self.log:
-                raise _fail(f"categorical takes only 'choices' (drop {', '.join(extra) or 'log'})")
+                raise invalid(f"categorical takes only 'choices' (drop {', '.join(extra) or 'log'})")
             return self
         if self.choices is not None:
-            raise _fail(f"'choices' is only for type categorical (this is {self.type})")
+            raise invalid(f"'choices' is only for type categorical (this is {self.type})")
         if self.low is None or self.high is None:
-            raise _fail(f"type {self.type} needs both 'low' and 'high'")
+            raise invalid(f"type {self.type} needs both 'low' and 'high'")
         if not self.low < self.high:
-            raise _fail(f"low ({self.low}) must be < high ({self.high})")
+            raise invalid(f"low ({self.low}) must be < high ({self.high})")
         if self.log and self.low <= 0:
-            raise _fail(f"log scale needs low > 0 (low is {self.low})")
+            raise invalid(f"log scale needs low > 0 (low is {self.low})")
         if self.step is not None:
             if self.step <= 0:
-                raise _fail(f"step must be > 0 (step is {self.step})")
+                raise invalid(f"step must be > 0 (step is {self.step})")
             if self.log:
-                raise _fail("Optuna cannot combine log with step; drop one of them")
+                raise invalid("Optuna cannot combine log with step; drop one of them")
         if self.type == "int":
             bad = [k for k in ("low", "high", "step") if getattr(self, k) is not None
                    and float(getattr(self, k)) != int(getattr(self, k))]
             if bad:
-                raise _fail(f"type int needs integer {', '.join(bad)}")
+                raise invalid(f"type int needs integer {', '.join(bad)}")
             for k in ("low", "high", "step"):
                 if getattr(self, k) is not None:
                     object.__setattr__(self, k, int(getattr(self, k)))
@@ -72,13 +72,13 @@ SearchParam = Annotated[
 HParam = Literal[HPARAMS]  # type: ignore[valid-type]
 
 
-def _in_domain(name: str, lo: float, hi: float) -> bool:
+def in_domain(name: str, lo: float, hi: float) -> bool:
     d_lo, d_hi, lo_inc, hi_inc = HPARAM_DOMAINS[name]
     ok_lo = lo >= d_lo if lo_inc else lo > d_lo
     ok_hi = hi <= d_hi if hi_inc else hi < d_hi
     return ok_lo and ok_hi
 
 
-def _domain_text(name: str) -> str:
+def domain_text(name: str) -> str:
     lo, hi, lo_inc, hi_inc = HPARAM_DOMAINS[name]
     return f"{'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"

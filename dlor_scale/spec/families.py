@@ -8,10 +8,10 @@ from pydantic import AfterValidator, Discriminator, Field, Strict, Tag, field_va
 
 from .. import budget as budget_solver
 from ..shapes import FAMILIES, IO_KINDS, parse_diag
-from .vocabulary import AXIS_MAX, AXIS_USERS, Int, NonNegInt, PosInt, _check_name, _fail, _Model
+from .vocabulary import AXIS_MAX, AXIS_USERS, Int, NonNegInt, PosInt, SpecModel, check_name, invalid
 
 
-class IntRange(_Model):
+class IntRange(SpecModel):
     """``{min, max, step}``: the inclusive integer range ``min, min+step, …, ≤ max``."""
 
     min: Int
@@ -21,7 +21,7 @@ class IntRange(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
         if self.min > self.max:
-            raise _fail(f"min ({self.min}) must be ≤ max ({self.max})")
+            raise invalid(f"min ({self.min}) must be ≤ max ({self.max})")
         return self
 
     def values(self) -> list[int]:
@@ -71,11 +71,11 @@ def _check_diag(v: str) -> str:
     try:
         parse_diag(v)
     except (ValueError, AttributeError):
-        raise _fail("unknown diagonal variant", ["scalar", "full", "none", "sparse:<s≥1>"]) from None
+        raise invalid("unknown diagonal variant", ["scalar", "full", "none", "sparse:<s≥1>"]) from None
     return v
 
 
-class FamilySpec(_Model):
+class FamilySpec(SpecModel):
     """Structural ranges of one family label; the budget solver picks shapes inside them.
 
     ``family`` defaults to the label (so ``dense: {...}`` needs no ``family:``); a
@@ -99,14 +99,14 @@ class FamilySpec(_Model):
     @classmethod
     def _at_least_one(cls, v):
         if _axis_min(v) < 1:
-            raise _fail(f"values must be ≥ 1 (smallest is {_axis_min(v)})")
+            raise invalid(f"values must be ≥ 1 (smallest is {_axis_min(v)})")
         return v
 
     @field_validator("depth")
     @classmethod
     def _non_negative(cls, v):
         if _axis_min(v) < 0:
-            raise _fail(f"values must be ≥ 0 (smallest is {_axis_min(v)})")
+            raise invalid(f"values must be ≥ 0 (smallest is {_axis_min(v)})")
         return v
 
     @field_validator("width", "depth", "rank", "branches")
@@ -115,7 +115,7 @@ class FamilySpec(_Model):
         """Bounded before any grid is built (`AXIS_MAX`)."""
         top = v.max if isinstance(v, IntRange) else max(axis_values(v))
         if top > AXIS_MAX[info.field_name]:
-            raise _fail(f"values must be ≤ {AXIS_MAX[info.field_name]:,} (limit AXIS_MAX; largest is {top:,})")
+            raise invalid(f"values must be ≤ {AXIS_MAX[info.field_name]:,} (limit AXIS_MAX; largest is {top:,})")
         return v
 
     def resolved_max_depth(self) -> int | None:
@@ -150,9 +150,9 @@ class FamilySpec(_Model):
 
 
 def _check_label(v: str) -> str:
-    _check_name(v)
+    check_name(v)
     if "@" in v or "/" in v:
-        raise _fail("must not contain '@' or '/' (they separate cell keys)")
+        raise invalid("must not contain '@' or '/' (they separate cell keys)")
     return v
 
 

@@ -11,8 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import SpecError
-from .checks import _cross_check
-from .problems import _problem, _spec_error
+from .checks import cross_check
+from .problems import problem_from_error, spec_error
 from .study import Study
 
 
@@ -116,10 +116,10 @@ def parse_study(data: dict, source: str = "<memory>", base_dir: str | Path | Non
     try:
         study = Study.model_validate(data)
     except ValidationError as e:
-        raise _spec_error(source, [_problem(err, data) for err in e.errors(include_url=False)]) from None
-    problems = _cross_check(study, data)
+        raise spec_error(source, [problem_from_error(err, data) for err in e.errors(include_url=False)]) from None
+    problems = cross_check(study, data)
     if problems:
-        raise _spec_error(source, problems)
+        raise spec_error(source, problems)
     study._source = source
     study._base_dir = Path(base_dir) if base_dir is not None else Path(source).parent
     return study

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SpecError
-from .vocabulary import _fail
+from .vocabulary import invalid
 
 if TYPE_CHECKING:
     from .study import Study
@@ -25,14 +25,14 @@ SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/li
 ALLOWED_UNDER_SYSTEM = ("/var/tmp",)
 
 
-def _expand_user(raw: str) -> Path:
+def expand_user(raw: str) -> Path:
     """``Path(raw).expanduser()``; a ``~user`` that does not exist is an error (Path
     would raise a bare RuntimeError, os.path would leave a literal ``~nosuchuser``)."""
     if raw.startswith("~"):
         head = raw.split("/", 1)[0]
         expanded = os.path.expanduser(head)
         if expanded == head:
-            raise _fail(f"{head!r}: no such user (cannot expand {head})")
+            raise invalid(f"{head!r}: no such user (cannot expand {head})")
     return Path(os.path.expanduser(raw))
 
 

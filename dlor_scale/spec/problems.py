@@ -133,7 +133,7 @@ def _quoted(expected: str) -> list[str]:
     return [a or _yaml_literal(b == "True") for a, b in re.findall(r"'([^']*)'|\b(True|False)\b", expected)]
 
 
-def _problem(err: dict, data: Any) -> Problem:
+def problem_from_error(err: dict, data: Any) -> Problem:
     kind, ctx = err["type"], err.get("ctx") or {}
     parts = _yaml_path(err["loc"], data, kind)
     p = Problem(_fmt_path(parts), err["msg"], err.get("input"), True)
@@ -165,7 +165,7 @@ def _problem(err: dict, data: Any) -> Problem:
     return p
 
 
-def _spec_error(source: str, problems: list[Problem]) -> SpecError:
+def spec_error(source: str, problems: list[Problem]) -> SpecError:
     lines = list(dict.fromkeys(p.format(source) for p in problems))
     header = f"{source}: {len(lines)} problem{'s' if len(lines) != 1 else ''} in study spec"
     err = SpecError("\n".join([header, *lines]))

@@ -7,10 +7,10 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from .vocabulary import Float, Int, NonNegInt, NonNegIntOrAuto, PosInt, PosIntOrAuto, _fail, _Model
+from .vocabulary import Float, Int, NonNegInt, NonNegIntOrAuto, PosInt, PosIntOrAuto, SpecModel, invalid
 
 
-class _SamplerBase(_Model):
+class _SamplerBase(SpecModel):
     seed: NonNegInt | None = Field(None, description="null → unseeded (not reproducible)")
 
 
@@ -62,7 +62,7 @@ SamplerSpec = Annotated[
 # which a cohort whose members all report together never has.
 
 
-class _StepwisePruner(_Model):
+class _StepwisePruner(SpecModel):
     n_startup_trials: NonNegInt = 5
     n_warmup_steps: NonNegInt = 0
     interval_steps: PosInt = 1
@@ -84,7 +84,7 @@ class PercentilePrunerSpec(_StepwisePruner):
     percentile: Annotated[Float, Field(gt=0, lt=100)]
 
 
-class SuccessiveHalvingPrunerSpec(_Model):
+class SuccessiveHalvingPrunerSpec(SpecModel):
     """Successive halving in lockstep: at rungs ``min_resource·ηᵏ`` epochs (moved up to a
     report step, below the last epoch) keep the top 1/η (``reduction_factor``) of every
     trial of the cell that reached the rung. A cohort's first wave is a synchronous
@@ -97,7 +97,7 @@ class SuccessiveHalvingPrunerSpec(_Model):
     min_early_stopping_rate: NonNegInt = 0
 
 
-class HyperbandPrunerSpec(_Model):
+class HyperbandPrunerSpec(SpecModel):
     """Several lockstep successive-halving brackets (trials dealt round-robin, the last
     bracket never prunes), hedging how early curves can be judged."""
 
@@ -109,11 +109,11 @@ class HyperbandPrunerSpec(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> HyperbandPrunerSpec:
         if self.max_resource != "auto" and self.max_resource < self.min_resource:
-            raise _fail(f"max_resource ({self.max_resource}) must be ≥ min_resource ({self.min_resource})")
+            raise invalid(f"max_resource ({self.max_resource}) must be ≥ min_resource ({self.min_resource})")
         return self
 
 
-class WilcoxonPrunerSpec(_Model):
+class WilcoxonPrunerSpec(SpecModel):
     """Paired test over per-instance scores; meant for CV folds, not learning curves."""
 
     kind: Literal["wilcoxon"] = "wilcoxon"
@@ -121,7 +121,7 @@ class WilcoxonPrunerSpec(_Model):
     n_startup_steps: NonNegInt = 2
 
 
-class NoPrunerSpec(_Model):
+class NoPrunerSpec(SpecModel):
     kind: Literal["none"] = "none"
 
 

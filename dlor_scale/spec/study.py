@@ -17,20 +17,20 @@ from ..shapes import ACTIVATIONS, FAMILIES
 from ..targets import TargetSpec
 from .distributions import HParam, SearchParam
 from .families import FamilySpec, Label
-from .locations import _expand_user
+from .locations import expand_user
 from .sampler_pruner import PrunerSpec, SamplerSpec, SuccessiveHalvingPrunerSpec, TPESamplerSpec
-from .vocabulary import (HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt,
-                         PosInt, PosIntOrAuto, _fail, _Model)
+from .vocabulary import (HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt, PosInt,
+                         PosIntOrAuto, SpecModel, invalid)
 
 
-class Confirm(_Model):
+class Confirm(SpecModel):
     """Re-train the best ``top_k`` members of each cell with ``seeds`` fresh seeds."""
 
     top_k: PosInt = 1
     seeds: PosInt = 3
 
 
-class EarlyStopping(_Model):
+class EarlyStopping(SpecModel):
     """Stop a member whose best val has not improved by ``min_delta`` (relative) for
     ``patience`` reports: it has plateaued, and its slot can train someone else."""
 
@@ -38,7 +38,7 @@ class EarlyStopping(_Model):
     min_delta: Annotated[Float, Field(ge=0, lt=1)] = Field(1e-3, description="relative improvement that counts")
 
 
-class QuasiNewtonFinish(_Model):
+class QuasiNewtonFinish(SpecModel):
     """Finish members with batched float64 L-BFGS after their Adam epochs: Adam stalls at a
     size-independent floor that flattens scaling curves; a quasi-Newton finish reaches the
     capacity floor of small nets (Michaud et al. 2023). Costly, so by default only the
@@ -49,7 +49,7 @@ class QuasiNewtonFinish(_Model):
     search: bool = Field(False, description="also finish search-phase members")
 
 
-class Resources(_Model):
+class Resources(SpecModel):
     """Ray resources of one trial (one cohort). Fractional GPUs share a device."""
 
     cpu: Annotated[Float, Field(gt=0)] = 1.0
@@ -59,7 +59,7 @@ class Resources(_Model):
     @classmethod
     def _whole_above_one(cls, v: float) -> float:
         if v > 1 and not float(v).is_integer():
-            raise _fail("Ray accepts fractional GPUs only below 1 (use e.g. 0.25, 1 or 2)")
+            raise invalid("Ray accepts fractional GPUs only below 1 (use e.g. 0.25, 1 or 2)")
         return v
 
 
@@ -70,7 +70,7 @@ def target_io(target) -> tuple[int, int]:
     return int(target.d_in), int(getattr(target, "d_out", 1))
 
 
-class Study(_Model):
+class Study(SpecModel):
     """A validated study file. Build it with `load_study` / `parse_study`."""
 
     name: Name
@@ -127,11 +127,11 @@ class Study(_Model):
         if v is None:
             return v
         if "\x00" in v:
-            raise _fail("must not contain a NUL character")
+            raise invalid("must not contain a NUL character")
         if not v.strip():
-            raise _fail("must not be empty (use null for the default)")
+            raise invalid("must not be empty (use null for the default)")
         if info.field_name == "output_dir":
-            _expand_user(v)
+            expand_user(v)
         return v
 
     @model_validator(mode="before")
@@ -152,14 +152,14 @@ class Study(_Model):
     def _unique_sorted(cls, v: list[int]) -> list[int]:
         dupes = sorted({b for b in v if v.count(b) > 1})
         if dupes:
-            raise _fail(f"duplicate budgets {dupes}")
+            raise invalid(f"duplicate budgets {dupes}")
         return sorted(v)
 
     @field_validator("search_space")
     @classmethod
     def _lr_required(cls, v: dict) -> dict:
         if "lr" not in v:
-            raise _fail("'lr' is required (a distribution or a fixed number)", list(HPARAMS))
+            raise invalid("'lr' is required (a distribution or a fixed number)", list(HPARAMS))
         return v
 
     # ---- derived values
@@ -236,7 +236,7 @@ class Study(_Model):
         if "\x00" in raw:
             raise SpecError(f"{self.source}: {where}: must not contain a NUL character (got {raw!r})")
         try:
-            return _expand_user(raw).resolve()
+            return expand_user(raw).resolve()
         except PydanticCustomError as e:
             raise SpecError(f"{self.source}: {where}: {e.message()} (got {raw!r})") from None
 

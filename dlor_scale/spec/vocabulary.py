@@ -50,7 +50,7 @@ AXIS_MAX = {"width": 1_000_000, "depth": 10_000, "rank": 1_000_000, "branches": 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _fail(msg: str, allowed: list[str] | None = None) -> PydanticCustomError:
+def invalid(msg: str, allowed: list[str] | None = None) -> PydanticCustomError:
     """A validation error whose text we control (pydantic's defaults are too generic)."""
     ctx: dict[str, Any] = {"msg": msg}
     if allowed:
@@ -58,7 +58,7 @@ def _fail(msg: str, allowed: list[str] | None = None) -> PydanticCustomError:
     return PydanticCustomError("dlor", "{msg}", ctx)
 
 
-def _integral(v: Any) -> Any:
+def as_integral(v: Any) -> Any:
     """Accept ``1e3``, ``1000.0`` or ``"1e3"`` where an integer is expected.
 
     YAML 1.1 (PyYAML) reads ``1e3`` as a *string*, and budgets are naturally written
@@ -79,11 +79,11 @@ def _integral(v: Any) -> Any:
 def _no_bool(v: Any) -> Any:
     """``true`` is not a number (pydantic's lax float would read it as 1.0)."""
     if isinstance(v, bool):
-        raise _fail("must be a number, not a boolean")
+        raise invalid("must be a number, not a boolean")
     return v
 
 
-Int = Annotated[int, BeforeValidator(_integral), Strict()]
+Int = Annotated[int, BeforeValidator(as_integral), Strict()]
 PosInt = Annotated[Int, Field(ge=1)]
 NonNegInt = Annotated[Int, Field(ge=0)]
 Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
@@ -95,12 +95,12 @@ def _int_or_auto(ge: int):
     def check(v: Any) -> Any:
         if v == "auto":
             return v
-        n = _integral(v)
+        n = as_integral(v)
         if isinstance(n, int) and not isinstance(n, bool):
             if n < ge:
-                raise _fail(f"must be ≥ {ge} or 'auto'")
+                raise invalid(f"must be ≥ {ge} or 'auto'")
             return n
-        raise _fail(f"must be an integer ≥ {ge} or 'auto'")
+        raise invalid(f"must be an integer ≥ {ge} or 'auto'")
 
     return Annotated[Union[Annotated[int, Field(ge=ge)], Literal["auto"]], BeforeValidator(check)]
 
@@ -109,20 +109,20 @@ PosIntOrAuto = _int_or_auto(1)
 NonNegIntOrAuto = _int_or_auto(0)
 
 
-def _check_name(v: str) -> str:
+def check_name(v: str) -> str:
     """Names become folder names and Optuna/MLflow keys: no separators, no ``..``."""
     if not _NAME_RE.fullmatch(v) or ".." in v:  # fullmatch: "$" would allow a trailing newline
-        raise _fail(
+        raise invalid(
             "must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit "
             "and contain no '..' (it names a folder)"
         )
     return v
 
 
-Name = Annotated[str, Strict(), AfterValidator(_check_name)]
+Name = Annotated[str, Strict(), AfterValidator(check_name)]
 
 
-class _Model(BaseModel):
+class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, values immutable once valid."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
