@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dlor_scale.curves import POINT_SCHEMA, Curves
+from dlor_scale.scaling import POINT_SCHEMA, Curves
 from dlor_scale.errors import FitError
 from dlor_scale.fit import compare, fit_law
 
@@ -121,7 +121,7 @@ def run_path_before(old, path: str, sc: Planted, La, Lb, n_boot: int, seed: int 
     from dlor_scale.fit import _family_seed
 
     if path == "Curves.compare":
-        seeds = (_family_seed(seed, "a"), _family_seed(seed, "b"))  # what curves.py did
+        seeds = (_family_seed(seed, "a"), _family_seed(seed, "b"))  # what `scaling.Curves` does
     else:
         seeds = (seed, seed)
     fa = old.fit_law(sc.P, La, family="a", seed=seeds[0], n_boot=n_boot)

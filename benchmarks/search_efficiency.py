@@ -44,7 +44,9 @@ import yaml  # noqa: E402
 
 from dlor_scale.cohort import Cohort  # noqa: E402
 from dlor_scale.plan import make_plan  # noqa: E402
-from dlor_scale.search import OptunaSource, make_pruner, make_sampler, member_seed  # noqa: E402
+from dlor_scale.pruners import make_pruner  # noqa: E402
+from dlor_scale.samplers import make_sampler  # noqa: E402
+from dlor_scale.search import OptunaSource, member_seed  # noqa: E402
 from dlor_scale.spec import Study, parse_study  # noqa: E402
 from dlor_scale.targets import make_dataset  # noqa: E402
 

@@ -413,7 +413,7 @@ def part_anatomy(cfg: dict) -> dict:
         study = load_study(path)
         plan = make_plan(study)
         ctx = build_context(study, plan, str(path), threads=1)
-        prepare_stores(study, plan, ctx, resume=True)
+        prepare_stores(study, plan, ctx)
         return study, ctx, next(u for u in search_units(study, plan) if u["cell"] == cfg["anatomy_cell"])
 
     t: dict[str, list] = {}

@@ -9,13 +9,9 @@ Analysis entry point::
 
 __version__ = "0.1.0"
 
-# Load the `curves` submodule first, so the function below (not the module) is what
-# `dlor_scale.curves` names; `from dlor_scale.curves import Curves` still works.
-from . import curves as _curves_module  # noqa: E402,F401
-
 
 def curves(study: str, tracking_uri: str | None = None, **kw):
-    """Fitted scaling curves of a recorded study (see `dlor_scale.curves.Curves`)."""
+    """Fitted scaling curves of a recorded study (a `dlor_scale.scaling.Curves`)."""
     from .analysis import load_curves
     return load_curves(study, tracking_uri, **kw)
 

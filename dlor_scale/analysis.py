@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .curves import Curves, RecordedCurves, points_from_runs
+from .scaling import Curves, RecordedCurves, points_from_runs
 from .records import member_runs, study_tracker
 from .tracking import Tracker
 from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata

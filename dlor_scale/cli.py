@@ -382,7 +382,7 @@ def report(
 ):
     """Paper-reproduction report: figures (PNG) and a Markdown summary, also logged to MLflow."""
     try:
-        from .report import make_report
+        from .paper.report import make_report
         path = make_report(target, out_dir, tracking_uri, log=log)
     except DlorError as e:
         _fail(e)

@@ -18,6 +18,9 @@ lockstep median/percentile, synchronous successive halving / ASHA rungs, hyperba
 freed slots are refilled with new asks at once, and TPE samples with the constant
 liar so the asks of one wave spread out; the first wave is TPE's random startup, and
 every later ask sees every told result, pruned ones included.
+
+The cell's sampler and pruner are built by `samplers.make_sampler` and
+`pruners.make_pruner`; this module holds the storage and the sources.
 """
 
 from __future__ import annotations
@@ -27,21 +30,21 @@ import hashlib
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
+
+from .optuna_private import append_intermediate_values, create_trial, forget_cached_trials, pop_waiting_trial, trial_id
+from .pruners import PeerPruner
+from .spec.vocabulary import HPARAMS
 
 if TYPE_CHECKING:   # cohort imports torch: `validate`/`status` build pruners without it
     from .cohort import MemberResult, MemberSpec
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-HPARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
 
 
 def storage(url: str) -> optuna.storages.BaseStorage:
@@ -100,301 +103,6 @@ def db_retry(fn: Callable, what: str, *, attempts: int | None = None, on_retry: 
                 out = on_retry()
                 if out is not None:
                     return out
-
-
-class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
-    """Random search whose draws are a pure function of (seed, trial number, name).
-
-    Why: Optuna's RandomSampler advances one RNG per process, so a unit that is
-    retried after a crash would re-draw the *first* configurations again. Seeding
-    each draw by trial number makes a resumed study sample exactly what an
-    undisturbed one would (the chaos test relies on it).
-    """
-
-    def __init__(self, seed: int):
-        super().__init__(seed=seed)
-        self._seed = int(seed)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        from optuna._transform import _SearchSpaceTransform
-        h = hashlib.sha256(f"{self._seed}|{trial.number}|{param_name}".encode()).digest()
-        rng = np.random.RandomState(int.from_bytes(h[:4], "little"))
-        trans = _SearchSpaceTransform({param_name: param_distribution})
-        return trans.untransform(rng.uniform(trans.bounds[:, 0], trans.bounds[:, 1]))[param_name]
-
-
-#: ``n_startup_trials: auto`` of TPE: half the first wave, at most this many.
-AUTO_STARTUP_MAX = 10
-
-
-def tpe_startup(n_startup_trials: int | str, slots: int | None) -> int:
-    """Resolve TPE's ``n_startup_trials``.
-
-    Why 'auto' is half a wave: TPE counts only *told* (complete or pruned) trials, so
-    every ask of the first wave is random whatever this is: the first wave *is* the
-    startup. What it decides is when refills start to use the model: once half the
-    first wave is told (the first rung prunes at least that many), capped at Optuna's
-    default of 10 so big cohorts do not stay random for a whole wave.
-    """
-    if n_startup_trials != "auto":
-        return int(n_startup_trials)
-    return max(1, min(AUTO_STARTUP_MAX, (slots or 2 * AUTO_STARTUP_MAX) // 2))
-
-
-def make_sampler(cfg, seed: int | None, *, slots: int | None = None) -> optuna.samplers.BaseSampler:
-    """Optuna sampler of a cell. TPE uses the constant liar: asks made while trials run
-    treat those as bad results, so a wave of parallel asks spreads out instead of being
-    K copies of one guess."""
-    kind = cfg.kind
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=tpe_startup(getattr(cfg, "n_startup_trials", "auto"), slots),
-            multivariate=getattr(cfg, "multivariate", True),
-            constant_liar=getattr(cfg, "constant_liar", True),
-        )
-    if kind == "random":
-        return TrialSeededRandomSampler(seed=seed) if seed is not None else optuna.samplers.RandomSampler()
-    if kind == "qmc":
-        return optuna.samplers.QMCSampler(qmc_type=getattr(cfg, "qmc_type", "sobol"), seed=seed,
-                                          warn_independent_sampling=False)
-    if kind == "cmaes":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    raise ValueError(f"unknown sampler {kind!r}")
-
-
-# --------------------------------------------------------------------------- lockstep pruning
-#
-# Why not Optuna's stock pruners: Median/Percentile compare against *completed* trials
-# and SuccessiveHalving promotes whoever reaches a rung first. In a packed cohort every
-# member of a wave reaches each report step in the same round and none completes until
-# the wave ends, so the stock pruners never fire (or fire on arrival order). The
-# pruners below judge a member against every trial of the cell *at the same step* —
-# running peers of this cohort, members of earlier waves (pruned or finished) and
-# other cohorts of the cell — read from the cell's Optuna study. They are ordinary
-# `optuna.pruners.BasePruner`s (so ``trial.should_prune()`` works too), and
-# `OptunaSource.on_report_round` calls `PeerPruner.judge` once per round, after every
-# member of the round has reported.
-#
-# The intermediate value a member reports is its *best val error so far*: the trial's
-# objective is best val over its training, so the value at step e is exactly what the
-# objective would be had training stopped at e. That makes a finished member's value
-# a valid stand-in at later steps (see `PeerPruner.carried`), and a pruned trial's
-# value (Optuna sets it from the last intermediate value) comparable for TPE.
-
-
-def report_steps(epochs: int, report_every: int) -> list[int]:
-    """Epochs at which members report: multiples of ``report_every`` and the last epoch."""
-    return sorted(set(range(report_every, epochs + 1, report_every)) | {epochs})
-
-
-class PeerPruner(optuna.pruners.BasePruner):
-    """Judge a trial against every trial of its study that reached the same step.
-
-    Subclasses say which steps they read (`reads`) and decide (`judge`); this class
-    builds the peer table. A trial that finished before ``step`` (stopped early, or
-    pruned) still counts where `carried` says so, with its final value: a member that
-    left the race is not a member that vanished, or each later round would compare the
-    survivors only with each other and halve them again.
-    """
-
-    #: Whether pruned trials stay in the comparison after their last step.
-    carry_pruned = True
-
-    def __init__(self, *, epochs: int, report_every: int):
-        self.epochs = int(epochs)
-        self.steps = [s for s in report_steps(self.epochs, int(report_every)) if s < self.epochs]
-
-    def reads(self, number: int, step: int) -> bool:
-        """Whether trial ``number`` is judged at ``step`` (only these steps are told)."""
-        raise NotImplementedError
-
-    def judge(self, number: int, step: int, value: float, peers: dict[int, float]) -> bool:
-        """Prune trial ``number`` (``value`` at ``step``) given ``peers`` (other trials)?"""
-        raise NotImplementedError
-
-    def carried(self, t: optuna.trial.FrozenTrial) -> float | None:
-        if t.state == TrialState.COMPLETE or (self.carry_pruned and t.state == TrialState.PRUNED):
-            return t.value
-        return None
-
-    def table(self, trials, step: int) -> dict[int, float]:
-        """``{trial number: value at step}`` over all trials that count at ``step``."""
-        out = {}
-        for t in trials:
-            v = t.intermediate_values.get(step)
-            if v is None and t.state.is_finished() and (t.last_step is None or t.last_step < step):
-                v = self.carried(t)
-            if v is not None and math.isfinite(v):
-                out[t.number] = float(v)
-        return out
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or not self.reads(trial.number, step):
-            return False
-        peers = self.table(study.get_trials(deepcopy=False), step)
-        peers.pop(trial.number, None)
-        return self.judge(trial.number, step, trial.intermediate_values[step], peers)
-
-
-class LockstepPercentilePruner(PeerPruner):
-    """Prune a member whose best val so far is worse than the ``percentile`` of its peers
-    at the same step (Optuna's PercentilePruner, with peers = every trial at that step).
-
-    ``n_startup_trials`` / ``n_min_trials``: at least that many *other* trials must have a
-    value at the step (stock Optuna counts completed trials, which a lockstep wave never
-    has). Steps before ``n_warmup_steps`` are not judged; after it, the first report step
-    of every ``interval_steps`` window is.
-    """
-
-    def __init__(self, percentile: float, *, n_startup_trials: int = 5, n_warmup_steps: int = 0,
-                 interval_steps: int = 1, n_min_trials: int = 1, epochs: int, report_every: int):
-        super().__init__(epochs=epochs, report_every=report_every)
-        self.percentile = float(percentile)
-        self.n_peers = max(int(n_startup_trials), int(n_min_trials), 1)
-        read, window = set(), None
-        for s in self.steps:
-            if s >= n_warmup_steps and (s - n_warmup_steps) // interval_steps != window:
-                window = (s - n_warmup_steps) // interval_steps
-                read.add(s)
-        self.read = read
-
-    def reads(self, number: int, step: int) -> bool:
-        return step in self.read
-
-    def judge(self, number, step, value, peers) -> bool:
-        if len(peers) < self.n_peers:
-            return False
-        return value > float(np.percentile(list(peers.values()), self.percentile))
-
-
-class LockstepMedianPruner(LockstepPercentilePruner):
-    """`LockstepPercentilePruner` at the median."""
-
-    def __init__(self, **kw):
-        super().__init__(50.0, **kw)
-
-
-def halving_rungs(epochs: int, report_every: int, min_resource: int | str, eta: int,
-                  rate: int = 0, max_resource: int | None = None) -> list[int]:
-    """Rung epochs ``min_resource · ηᵏ`` (k ≥ ``rate``), each moved up to the next report
-    step, below ``max_resource`` (default: the last epoch, where nobody is pruned).
-
-    ``min_resource: auto`` puts the first rung at a fifth of the epochs (`AUTO_FIRST_RUNG`;
-    at η = 3 the rungs are 1/5 and 3/5 of training). Measured on the quickstart cells
-    (benchmarks/README.md, search section): rungs at 2/15 and 1/3 saved more but lost a
-    cell's winner to an early misranking twice as often.
-    """
-    top = min(epochs, max_resource or epochs)
-    steps = [s for s in report_steps(epochs, report_every) if s < top]
-    r = max(1.0, epochs * AUTO_FIRST_RUNG) if min_resource == "auto" else float(min_resource)
-    r *= eta ** rate
-    out = []
-    while steps and r <= steps[-1]:
-        s = next(x for x in steps if x >= r - 1e-9)
-        if not out or s > out[-1]:
-            out.append(s)
-        r *= eta
-    return out
-
-
-#: ``min_resource: auto``: the first rung's share of the epochs.
-AUTO_FIRST_RUNG = 0.2
-
-
-class LockstepHalvingPruner(PeerPruner):
-    """Cohort-synchronous successive halving (ASHA rule): at each rung, keep a member iff
-    it is in the top ``1/η`` (at least one) of every trial that reached that rung.
-
-    A lockstep wave reaches a rung together, so the first wave is a true synchronous
-    bracket; refilled members are judged against the rung's whole history, as in ASHA.
-    Pruned trials do not count at later rungs (they did not reach them); members that
-    finished early do, with their final value.
-    """
-
-    carry_pruned = False
-
-    def __init__(self, *, min_resource: int | str = "auto", reduction_factor: int = 3,
-                 min_early_stopping_rate: int = 0, epochs: int, report_every: int):
-        super().__init__(epochs=epochs, report_every=report_every)
-        self.eta = int(reduction_factor)
-        self.rungs = halving_rungs(self.epochs, report_every, min_resource, self.eta,
-                                   int(min_early_stopping_rate))
-
-    def reads(self, number: int, step: int) -> bool:
-        return step in self.rungs
-
-    def judge(self, number, step, value, peers) -> bool:
-        keep = max(1, (len(peers) + 1) // self.eta)
-        return sum(v < value for v in peers.values()) >= keep
-
-
-class LockstepHyperbandPruner(PeerPruner):
-    """Hyperband over lockstep halving: brackets with later and later first rungs
-    (the last one never prunes), trials dealt round-robin by number, each judged only
-    against its own bracket. A hedge for cells where early curves mislead."""
-
-    carry_pruned = False
-
-    def __init__(self, *, min_resource: int = 1, max_resource: int | str = "auto",
-                 reduction_factor: int = 3, epochs: int, report_every: int):
-        super().__init__(epochs=epochs, report_every=report_every)
-        self.eta = int(reduction_factor)
-        top = self.epochs if max_resource == "auto" else int(max_resource)
-        n = int(math.floor(math.log(max(top / min_resource, 1.0), self.eta) + 1e-9)) + 1
-        self.brackets = [halving_rungs(self.epochs, report_every, min_resource, self.eta, s, top)
-                         for s in range(n)]
-
-    def bracket(self, number: int) -> int:
-        return number % len(self.brackets)
-
-    def reads(self, number: int, step: int) -> bool:
-        return step in self.brackets[self.bracket(number)]
-
-    def judge(self, number, step, value, peers) -> bool:
-        b = self.bracket(number)
-        same = [v for n, v in peers.items() if self.bracket(n) == b]
-        keep = max(1, (len(same) + 1) // self.eta)
-        return sum(v < value for v in same) >= keep
-
-
-def make_pruner(cfg, *, epochs: int | None = None, report_every: int | None = None
-                ) -> optuna.pruners.BasePruner:
-    """The cell's pruner. Median, percentile, successive halving and hyperband are the
-    lockstep versions above (they need the study's ``epochs`` and ``report_every`` to
-    place their steps); wilcoxon is Optuna's own; none never prunes."""
-    kind = cfg.kind
-    p = cfg.model_dump(exclude={"kind"})
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(**p)
-    if epochs is None or report_every is None:
-        raise ValueError(f"the {kind} pruner needs epochs and report_every")
-    at = {"epochs": epochs, "report_every": report_every}
-    if kind == "median":
-        return LockstepMedianPruner(**p, **at)
-    if kind == "percentile":
-        return LockstepPercentilePruner(**p, **at)
-    if kind == "successive_halving":
-        return LockstepHalvingPruner(**p, **at)
-    if kind == "hyperband":
-        return LockstepHyperbandPruner(**p, **at)
-    raise ValueError(f"unknown pruner {kind!r}")
-
-
-def pruner_steps(pruner) -> list[int] | None:
-    """The steps a lockstep pruner can prune at (for plans and guard rails); None if
-    it is not a lockstep pruner."""
-    if isinstance(pruner, LockstepHyperbandPruner):
-        return sorted({s for b in pruner.brackets for s in b})
-    if isinstance(pruner, LockstepHalvingPruner):
-        return list(pruner.rungs)
-    if isinstance(pruner, LockstepPercentilePruner):
-        return sorted(pruner.read)
-    return None
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -484,7 +192,7 @@ class OptunaSource:
             if t.number in in_flight:
                 key = self._key(t.number)
                 if t.state == TrialState.RUNNING:
-                    self.trials[key] = db_retry(lambda t=t: optuna.Trial(study, t._trial_id), "load a trial")
+                    self.trials[key] = db_retry(lambda t=t: optuna.Trial(study, trial_id(t)), "load a trial")
                     self.told_steps[key] = set(t.intermediate_values)
                 else:
                     self.replay[key] = t
@@ -526,12 +234,12 @@ class OptunaSource:
         found (a RUNNING trial of this unit this source has not seen) and adopted, so a
         retry never makes two."""
         attrs = {"unit": self.unit, **({"refill": True} if self.freed else {})}
-        waiting = db_retry(self.study._pop_waiting_trial_id, "pop an enqueued trial")
+        waiting = db_retry(lambda: pop_waiting_trial(self.study), "pop an enqueued trial")
         if waiting is not None:   # enqueued by hand (tests, warm starts): not atomic, retried
+            forget_cached_trials(self.study)
+            trial = db_retry(lambda: optuna.Trial(self.study, waiting), "load a trial")
             for k, v in attrs.items():
-                db_retry(lambda k=k, v=v: self.study._storage.set_trial_user_attr(waiting, k, v),
-                         "set a trial attribute")
-            trial_id = waiting
+                db_retry(lambda k=k, v=v: trial.set_user_attr(k, v), "set a trial attribute")
         else:
             template = optuna.trial.FrozenTrial(
                 number=-1, state=TrialState.RUNNING, value=None, values=None,
@@ -541,12 +249,11 @@ class OptunaSource:
 
             def landed():
                 new = [t for t in self._mine() if t.number not in self.seen and t.state == TrialState.RUNNING]
-                return min(new, key=lambda t: t.number)._trial_id if new else None
+                return trial_id(min(new, key=lambda t: t.number)) if new else None
 
-            trial_id = db_retry(lambda: self.study._storage.create_new_trial(self.study._study_id, template),
-                                "create a trial", on_retry=landed)
-        self.study._thread_local.cached_all_trials = None
-        trial = db_retry(lambda: optuna.Trial(self.study, trial_id), "load a trial")
+            tid = db_retry(lambda: create_trial(self.study, template), "create a trial", on_retry=landed)
+            forget_cached_trials(self.study)
+            trial = db_retry(lambda: optuna.Trial(self.study, tid), "load a trial")
         self.seen.add(trial.number)
         return trial
 
@@ -558,13 +265,13 @@ class OptunaSource:
 
         def attempt():
             failpoint("optuna.suggest")   # chaos tests: a terminated connection
-            return suggest(optuna.Trial(self.study, trial._trial_id), self.space)
+            return suggest(optuna.Trial(self.study, trial_id(trial)), self.space)
         return db_retry(attempt, "sample parameters")
 
     def next_member(self) -> MemberSpec | None:
         if self.requeue:
             frozen = self.requeue.pop(0)
-            trial = db_retry(lambda: optuna.Trial(self.study, frozen._trial_id), "load a trial")
+            trial = db_retry(lambda: optuna.Trial(self.study, trial_id(frozen)), "load a trial")
             missing = [k for k, v in self.space.items()
                        if not isinstance(v, (int, float)) and k not in frozen.params]
             if missing:
@@ -607,39 +314,24 @@ class OptunaSource:
         `_tell_step`: steps already stored are skipped, and a retried append that had
         landed only rewrites the same values (the journal applies them idempotently).
 
-        Private Optuna API, isolated here on purpose: Optuna has no public batch report,
-        so this reads `JournalStorage` internals (``_backend``, ``_replay_result``,
-        ``_thread_lock``, ``_sync_with_backend``; optuna 4.x). Where any is missing it
-        falls back to public ``trial.report`` calls (tests/test_overhead_search.py
-        checks both paths give identical trials).
+        Optuna has no public batch report: `optuna_private.append_intermediate_values`
+        writes the journal directly and declines other storages, which fall back to public
+        ``trial.report`` calls (tests/test_overhead_search.py checks both paths give
+        identical trials).
         """
         todo, seen = [], set()
         for key, value, step in items:
             if int(step) not in self.told_steps.setdefault(key, set()) and (key, int(step)) not in seen:
                 seen.add((key, int(step)))
                 todo.append((key, float(value), int(step)))
-        st = self.study._storage
-        batch = len(todo) > 1 and all(hasattr(st, a) for a in ("_backend", "_replay_result", "_thread_lock"))
-        if not batch:
-            for key, value, step in todo:
-                self._tell_step(key, value, step)
+        rows = [(self.trials[key], step, value) for key, value, step in todo]
+        if len(rows) > 1 and db_retry(lambda: append_intermediate_values(self.study, rows),
+                                      "report a round's steps"):
+            for key, _, step in todo:
+                self.told_steps[key].add(step)
             return
-        from optuna.storages.journal._storage import JournalOperation
-
-        def write():
-            with st._thread_lock:
-                wid = st._replay_result.worker_id
-                st._backend.append_logs([
-                    {"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "worker_id": wid,
-                     "trial_id": self.trials[key]._trial_id, "step": step, "intermediate_value": value}
-                    for key, value, step in todo])
-                st._sync_with_backend()
-        db_retry(write, "report a round's steps")
         for key, value, step in todo:
-            cached = getattr(self.trials[key], "_cached_frozen_trial", None)
-            if cached is not None:
-                cached.intermediate_values[step] = value
-            self.told_steps[key].add(step)
+            self._tell_step(key, value, step)
 
     def on_report_round(self, reports) -> set[str]:
         """Judge one report round (`cohort.Report`s); returns the keys to prune.

@@ -330,17 +330,6 @@ class Tracker:
         return run_id
 
     # ------------------------------------------------------------------ outbox
-    def record_or_park(self, record: dict) -> str | None:
-        """`record_run(**record)`; if MLflow stays down, park it in the outbox file."""
-        try:
-            return self.record_run(**record)
-        except Exception as exc:  # noqa: BLE001
-            if self.outbox is None:
-                raise
-            path = self.park(record)
-            log.warning("MLflow unavailable (%s); parked %s in %s", exc, record["key"], path)
-            return None
-
     def park(self, record: dict) -> Path:
         """Write a record to the outbox atomically and durably."""
         self.outbox.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,6 @@ class LaunchResult:
     optuna_storage: str
     units: int
     counts: dict = field(default_factory=dict)
-    failed_units: list = field(default_factory=list)
     fit: object | None = None
     experiment_id: str | None = None
 
@@ -123,7 +122,7 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
 
 # ----------------------------------------------------------------------------- stores
 
-def prepare_stores(study, plan: Plan, ctx: dict, *, resume: bool) -> Tracker:
+def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
     """Create (or find) the experiment, the study/cell runs and the per-cell Optuna studies."""
     import optuna
 
@@ -295,7 +294,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     threads = max(1, int(study.resources.cpu))
     ctx = build_context(study, plan, source, threads=threads)
     ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())  # the file checked above
-    tracker = prepare_stores(study, plan, ctx, resume=True)
+    tracker = prepare_stores(study, plan, ctx)
     study_dir = Path(ctx["study_dir"])
     clean_stray_tmp(study_dir)   # writers killed mid-write in an earlier launch; none runs now
     units = search_units(study, plan)

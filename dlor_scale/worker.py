@@ -440,13 +440,14 @@ def _finish_kwargs(study, phase: str) -> dict:
 
 
 def _sampler(study, unit):
-    from .search import make_sampler, member_seed
+    from .samplers import make_sampler
+    from .search import member_seed
     seed = None if study.sampler.seed is None else member_seed(study.sampler.seed, unit["id"], 0)
     return make_sampler(study.sampler, seed, slots=unit.get("slots"))
 
 
 def _pruner(study):
-    from .search import make_pruner
+    from .pruners import make_pruner
     return make_pruner(study.pruner, epochs=study.epochs, report_every=study.report_every)
 
 

@@ -77,7 +77,7 @@ def check_records(study, result, *, expect_pruned=True, expect_fit=True):
     if expect_pruned:
         assert n_pruned > 0, "the median pruner never pruned: the test would not see pruning"
 
-    from dlor_scale.curves import points_from_runs
+    from dlor_scale.scaling import points_from_runs
     from dlor_scale.records import member_runs
     from dlor_scale.tracking import Tracker
     table = member_runs(Tracker(result.tracking_uri, study.name))

@@ -22,7 +22,7 @@ import yaml
 from studycheck import check_records
 from test_study_e2e import TINY
 
-from dlor_scale.harness import LocalCluster, postgres_available
+from dlor_scale.testing.harness import LocalCluster, postgres_available
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlor_scale import construct as C
+from dlor_scale.paper import construct as C
 from dlor_scale.models import count_params, forward
 
 # short tail of the h grid: keeps the file fast; the fitted slope uses h ≤ 1e-2 anyway

@@ -9,8 +9,22 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlor_scale.curves import POINT_COLUMNS, Curves, FamilyCurve, points_from_runs
 from dlor_scale.errors import DataError, FitError
+from dlor_scale.scaling import POINT_COLUMNS, Curves, FamilyCurve, points_from_runs
+
+
+def test_dlor_scale_curves_is_the_function_whatever_was_imported():
+    """`dlor_scale.curves` is the query function; the module it uses has its own name
+    (`scaling`), so importing that module can never replace the function."""
+    import types
+
+    import dlor_scale
+    import dlor_scale.analysis
+    import dlor_scale.scaling
+    from dlor_scale import curves
+
+    assert curves is dlor_scale.curves and not isinstance(curves, types.ModuleType)
+    assert curves.__module__ == "dlor_scale"
 
 
 # --------------------------------------------------------------------------- runs table
@@ -173,7 +187,7 @@ def synth_points(seed=0) -> pa.Table:
                      "error": math.nan, "stderr": math.nan, "n_seeds": 0,
                      "best_trial": None, "source": "none: 0 completed search runs",
                      "flags": ""})
-    from dlor_scale.curves import POINT_SCHEMA
+    from dlor_scale.scaling import POINT_SCHEMA
 
     return pa.Table.from_pylist(rows, schema=POINT_SCHEMA)
 
@@ -259,7 +273,7 @@ def test_failed_extrapolation_is_flagged_in_curves():
     for r in pts:
         if r["family"] == "dense" and r["budget"] >= 4e5:
             r["error"] *= 1.5  # the largest budgets break away from the law
-    from dlor_scale.curves import POINT_SCHEMA
+    from dlor_scale.scaling import POINT_SCHEMA
 
     c = Curves.from_points(pa.Table.from_pylist(pts, schema=POINT_SCHEMA), n_boot=200)
     d = c["dense"]
@@ -297,7 +311,7 @@ def test_flagged_points_are_excluded_from_the_fit_and_reported():
     """The two largest dense cells stopped short of capacity (error 1.5× the law): fitted,
     they bend the law (E absorbs them and α steepens); flagged and excluded (the default),
     α is the planted 0.4 again."""
-    from dlor_scale.curves import POINT_SCHEMA
+    from dlor_scale.scaling import POINT_SCHEMA
 
     pts = synth_points().to_pylist()
     for r in pts:
@@ -329,7 +343,7 @@ def test_flagged_points_are_excluded_from_the_fit_and_reported():
 
 
 def test_curves_compare_says_not_identified_for_a_flat_family():
-    from dlor_scale.curves import POINT_SCHEMA
+    from dlor_scale.scaling import POINT_SCHEMA
 
     pts = [r for r in synth_points().to_pylist() if r["family"] != "rank1"]
     rng = np.random.default_rng(5)

@@ -380,7 +380,7 @@ def test_every_ray_node_gets_the_same_env_names():
 
 
 def test_harness_env_uses_the_deployment_names(tmp_path):
-    from dlor_scale.harness import LocalCluster
+    from dlor_scale.testing.harness import LocalCluster
 
     c = LocalCluster(tmp_path, mlflow_auth=True)
     env = c._build_env()
@@ -760,8 +760,8 @@ def test_env_names_are_the_ones_the_software_reads():
     """The manifests set names nobody reads if the package (or MLflow) renames one."""
     import mlflow.environment_variables as mlflow_env
 
-    sources = "\n".join(p.read_text() for p in (ROOT / "dlor_scale").glob("*.py")
-                        if p.name != "harness.py")
+    sources = "\n".join(p.read_text() for p in (ROOT / "dlor_scale").rglob("*.py")
+                        if "testing" not in p.relative_to(ROOT / "dlor_scale").parts)
     for name in ("MLFLOW_TRACKING_URI", "DLOR_OPTUNA_STORAGE", "DLOR_OUTPUT_DIR", "RAY_ADDRESS"):
         assert f'"{name}"' in sources, f"dlor_scale no longer reads {name}"
     # credentials are read by the MLflow client itself

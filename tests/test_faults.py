@@ -352,7 +352,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     study = study.with_data_pinned(data.get("sha256"))
     ctx = build_context(study, plan, source, threads=1)
     ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())
-    tracker = prepare_stores(study, plan, ctx, resume=True)
+    tracker = prepare_stores(study, plan, ctx)
     [unit] = search_units(study, plan)
     assert unit["quota"] == 4 and unit["slots"] == 2
     files = UnitFiles(Path(ctx["study_dir"]), unit["id"])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from dlor_scale.harness import LocalCluster, _libpq_url, _sqlalchemy_url, postgres_available
+from dlor_scale.testing.harness import LocalCluster, _libpq_url, _sqlalchemy_url, postgres_available
 
 PG_URL = os.environ.get("DLOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 

@@ -51,7 +51,7 @@ def _probe(*args: str) -> dict:
 def test_spec_plan_budget_targets_import_neither_torch_nor_ray():
     code = ("import sys\n"
             "import dlor_scale, dlor_scale.spec, dlor_scale.plan, dlor_scale.budget, dlor_scale.targets\n"
-            "import dlor_scale.shapes, dlor_scale.cli, dlor_scale.curves, dlor_scale.fit\n"
+            "import dlor_scale.shapes, dlor_scale.cli, dlor_scale.scaling, dlor_scale.fit\n"
             f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
@@ -159,7 +159,7 @@ def test_recorded_curves_rebuild_the_table_of_the_fit():
     JSON of the `Curves` that was recorded, flagged/unfitted families and broken form included."""
     from test_curves import synth_points
 
-    from dlor_scale.curves import Curves, RecordedCurves
+    from dlor_scale.scaling import Curves, RecordedCurves
 
     pts = synth_points()
     flagged = pts.to_pylist()
@@ -183,7 +183,7 @@ def test_curves_read_the_recorded_fit_run_only_when_it_matches(tmp_path, monkeyp
     from test_curves import synth_points
 
     from dlor_scale import analysis
-    from dlor_scale.curves import Curves, RecordedCurves
+    from dlor_scale.scaling import Curves, RecordedCurves
     from dlor_scale.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,7 +12,8 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from dlor_scale.search import LockstepHalvingPruner, LockstepMedianPruner, storage
+from dlor_scale.pruners import LockstepHalvingPruner, LockstepMedianPruner
+from dlor_scale.search import storage
 from test_search import curve, planted, run_lockstep, source_for
 
 

@@ -303,7 +303,7 @@ def test_target_units_match_errors_computed_on_unscaled_predictions(tmp_path):
 
 def test_fits_are_scale_equivariant():
     """Converting points then fitting = fitting then converting: α unchanged, E and A × factor."""
-    from dlor_scale.curves import POINT_SCHEMA, Curves
+    from dlor_scale.scaling import POINT_SCHEMA, Curves
     from dlor_scale.units import scale_columns
 
     P = np.array([200, 400, 800, 1600, 3200, 6400])

@@ -1,4 +1,4 @@
-"""Reproduction reports (`dlor_scale.report`): analytic experiments, study sections on
+"""Reproduction reports (`dlor_scale.paper.report`): analytic experiments, study sections on
 hand-built member tables, MLflow logging, and the paper study specs in studies/paper/."""
 
 import math
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dlor_scale import report as R
+from dlor_scale.paper import report as R
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = sorted((ROOT / "studies" / "paper").glob("*.yaml"))

@@ -16,16 +16,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from dlor_scale import search
+from dlor_scale import samplers, search
 from dlor_scale.cohort import MemberResult, Report
-from dlor_scale.search import (
-    LockstepHalvingPruner,
-    LockstepHyperbandPruner,
-    LockstepMedianPruner,
-    OptunaSource,
-    cell_counts,
-    halving_rungs,
-)
+from dlor_scale.pruners import LockstepHalvingPruner, LockstepHyperbandPruner, LockstepMedianPruner, halving_rungs
+from dlor_scale.search import OptunaSource, cell_counts
 
 SPACE = {"lr": type("D", (), {"type": "float", "low": 1e-6, "high": 1.0, "log": True, "step": None})()}
 
@@ -224,12 +218,12 @@ def test_hyperband_judges_within_brackets():
 
 
 def test_tpe_startup_is_the_first_wave_and_refills_learn():
-    assert search.tpe_startup("auto", 8) == 4
-    assert search.tpe_startup("auto", 64) == 10
-    assert search.tpe_startup(3, 64) == 3
+    assert samplers.tpe_startup("auto", 8) == 4
+    assert samplers.tpe_startup("auto", 64) == 10
+    assert samplers.tpe_startup(3, 64) == 3
     cfg = type("C", (), {"kind": "tpe", "n_startup_trials": "auto", "multivariate": True,
                          "constant_liar": True})()
-    sampler = search.make_sampler(cfg, seed=1, slots=8)
+    sampler = samplers.make_sampler(cfg, seed=1, slots=8)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     pr = LockstepHalvingPruner(min_resource=10, reduction_factor=2, epochs=40, report_every=10)
     study = make_study(pr, sampler=sampler)

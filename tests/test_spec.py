@@ -7,6 +7,7 @@ import copy
 import functools
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -355,7 +356,7 @@ def test_spec_hash_is_stable_and_canonical():
     b = parse_study(reordered, "other.yaml")
     c = parse_study(spec(pruner={**BASE["pruner"], "interval_steps": 1}), SRC)  # explicit default
     assert a.spec_hash() == b.spec_hash() == c.spec_hash()
-    assert len(a.spec_hash()) == 12 and int(a.spec_hash(), 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{12}", a.spec_hash()), a.spec_hash()
 
 
 @pytest.mark.parametrize("change", [
@@ -429,18 +430,33 @@ def test_study_dir_must_stay_inside_output_dir(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-@pytest.mark.parametrize("pruner, cls", [
-    ({"kind": "median", "n_startup_trials": 2}, "MedianPruner"),
-    ({"kind": "percentile", "percentile": 25}, "PercentilePruner"),
-    ({"kind": "successive_halving", "min_resource": 2}, "SuccessiveHalvingPruner"),
-    ({"kind": "hyperband", "min_resource": 1, "max_resource": 4, "reduction_factor": 2}, "HyperbandPruner"),
-    ({"kind": "wilcoxon", "p_threshold": 0.05}, "WilcoxonPruner"),
+@pytest.mark.parametrize("pruner, cls, built_with", [
+    ({"kind": "median", "n_startup_trials": 2}, "LockstepMedianPruner",
+     lambda p: p.percentile == 50 and p.n_peers == 2),
+    ({"kind": "percentile", "percentile": 25}, "LockstepPercentilePruner",
+     lambda p: p.percentile == 25 and p.n_peers == 5),
+    ({"kind": "successive_halving", "min_resource": 2}, "LockstepHalvingPruner",
+     lambda p: p.eta == 3 and p.rungs == [2, 6, 18]),
+    ({"kind": "hyperband", "min_resource": 1, "max_resource": 4, "reduction_factor": 2}, "LockstepHyperbandPruner",
+     lambda p: p.eta == 2 and p.brackets == [[1, 2], [2], []]),
+    ({"kind": "wilcoxon", "p_threshold": 0.05}, "WilcoxonPruner", lambda p: True),
+    ({"kind": "none"}, "NopPruner", lambda p: True),
 ])
-def test_pruner_fields_are_optuna_arguments(pruner, cls):
-    """The searcher passes ``model_dump(exclude={'kind'})`` straight to Optuna."""
-    p = parse_study(spec(pruner=pruner), SRC).pruner
-    built = getattr(optuna.pruners, cls)(**p.model_dump(exclude={"kind"}))
-    assert isinstance(built, optuna.pruners.BasePruner)
+def test_pruner_settings_reach_the_pruner_the_search_builds(pruner, cls, built_with):
+    """`pruners.make_pruner` builds each kind from the spec's fields, passed through by name
+    (``model_dump(exclude={'kind'})``): a field the pruner does not take would fail here."""
+    from unittest import mock
+
+    from dlor_scale import pruners
+
+    s = parse_study(spec(pruner=pruner, epochs=20, report_every=1), SRC)
+    built = pruners.make_pruner(s.pruner, epochs=s.epochs, report_every=s.report_every)
+    assert type(built).__name__ == cls and isinstance(built, optuna.pruners.BasePruner)
+    assert built_with(built), vars(built)
+    if pruner["kind"] == "wilcoxon":   # Optuna's own pruner: the settings go to its constructor
+        with mock.patch.object(optuna.pruners, "WilcoxonPruner") as wilcoxon:
+            pruners.make_pruner(s.pruner)
+        wilcoxon.assert_called_once_with(p_threshold=0.05, n_startup_steps=2)
 
 
 def test_search_space_samples_in_optuna():

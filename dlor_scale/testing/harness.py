@@ -37,7 +37,7 @@ Usage::
 Node ``i`` (0 = head) advertises the custom resource ``{"node_<i>": 1}`` so tests can pin work
 to a specific node with ``.options(resources={"node_1": 0.01})``.
 
-Developer entry point: ``python -m dlor_scale.harness --workers 1`` prints the env to export and
+Developer entry point: ``python -m dlor_scale.testing.harness --workers 1`` prints the env to export and
 keeps everything running until Ctrl-C.
 """
 

@@ -38,7 +38,7 @@ def make_report(target: str, out_dir: Path, tracking_uri: str | None = None, *, 
         name, uri, experiment = target, tracking_uri or ANALYTIC_URI, ANALYTIC_EXPERIMENT
         preamble = f"Analytic experiment (no training), `dlor-scale report {target}`; float64, deterministic."
     else:
-        from .. import records
+        from ... import records
 
         tracker = records.study_tracker(target, tracking_uri)
         name, uri, experiment = tracker.experiment_name, tracker.uri, tracker.experiment_name
@@ -63,16 +63,16 @@ def make_report(target: str, out_dir: Path, tracking_uri: str | None = None, *, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dlor_scale.report TARGET [--out DIR] [--tracking-uri URI] [--no-log]``."""
+    """``python -m dlor_scale.paper.report TARGET [--out DIR] [--tracking-uri URI] [--no-log]``."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m dlor_scale.report", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dlor_scale.paper.report", description=main.__doc__)
     ap.add_argument("target")
     ap.add_argument("--out", type=Path, default=None, help="folder (default runs/paper/reports)")
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--no-log", action="store_true", help="do not log to MLflow")
     a = ap.parse_args(argv)
-    from ..errors import DlorError
+    from ...errors import DlorError
 
     try:
         path = make_report(a.target, a.out or Path("runs/paper/reports"), a.tracking_uri, log=not a.no_log)

@@ -13,10 +13,10 @@ from .stats import _budgets, _cells, _families, _value, trained
 def scaling_section(df, out_dir: Path, meta: dict, name: str, n_boot: int = 1000) -> Section:
     """Fitted scaling laws error ≈ E + A·P^-α for deep vs wide DLoR ("parameter-to-expressivity").
 
-    Uses `dlor_scale.curves` (the same points and fits the CLI and MLflow show: per cell
-    the best-by-validation config, its confirmation seeds' mean when confirmed); if that
-    module is missing or rejects the table, fits `fit.fit_law` on the cell medians and
-    compares with `fit.compare`, and says so in the section.
+    Uses the points and fits of `dlor_scale.curves` (module `dlor_scale.scaling`: the same
+    the CLI and MLflow show: per cell the best-by-validation config, its confirmation seeds'
+    mean when confirmed); if that rejects the table, fits `fit.fit_law` on the cell medians
+    and compares with `fit.compare`, and says so in the section.
     """
     _, stats, r = _cells(df)
     deep, wide = r.get("deep"), r.get("wide")
@@ -26,8 +26,6 @@ def scaling_section(df, out_dir: Path, meta: dict, name: str, n_boot: int = 1000
         cmp = _curves_compare(trained(df), deep, wide, path, n_boot)
         note = ("Points and fits from `dlor_scale.curves` (per cell: the best-by-validation config; "
                 "the mean of its confirmation seeds when the study confirmed).")
-    except ImportError:
-        note = "`dlor_scale.curves` not available: fits by `dlor_scale.fit.fit_law` on the cell medians."
     except Exception as exc:  # noqa: BLE001 - the report must still come out; the note says why
         note = f"`dlor_scale.curves` failed ({type(exc).__name__}: {exc}); fell back to `fit.fit_law` on cell medians."
     if cmp is None:
@@ -76,7 +74,7 @@ def _alpha_identified(fit: dict) -> bool:
     Why: with few, noisy points `fit_law` returns *some* α, but a CI spanning [0, 5] means
     the data do not constrain it, and Δα then carries no evidence either way.
     """
-    from ..fit import ALPHA_MAX
+    from ...fit import ALPHA_MAX
 
     ci = fit.get("alpha_ci")
     return bool(ci) and math.isfinite(fit.get("alpha", math.nan)) and ci[0] > 1e-9 and ci[1] < ALPHA_MAX - 1e-6
@@ -84,14 +82,14 @@ def _alpha_identified(fit: dict) -> bool:
 
 
 def _curves_compare(rows, deep, wide, path: Path, n_boot: int) -> dict:
-    """Compare deep vs wide through `dlor_scale.curves` (ImportError if it is absent).
+    """Compare deep vs wide through `scaling.Curves` (what `dlor_scale.curves` returns).
 
     Takes every trained member (search and confirm): `points_from_runs` picks each cell's
     best search config itself and averages its confirmation seeds.
     """
     import pyarrow as pa
 
-    from ..curves import Curves, points_from_runs
+    from ...scaling import Curves, points_from_runs
 
     table = pa.Table.from_pandas(rows, preserve_index=False)
     curves = Curves.from_points(points_from_runs(table), n_boot=n_boot)
@@ -109,8 +107,8 @@ def _curves_compare(rows, deep, wide, path: Path, n_boot: int) -> dict:
 
 def _fit_compare(stats, deep, wide, path: Path, n_boot: int) -> dict:
     """Fallback: saturating law per family on the cell medians, bootstrap comparison, plot."""
-    from ..errors import FitError
-    from ..fit import compare, fit_law
+    from ...errors import FitError
+    from ...fit import compare, fit_law
 
     fits, out = {}, {"fits": {}}
     for fam in _families(stats):

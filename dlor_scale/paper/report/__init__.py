@@ -14,14 +14,14 @@ same place (a Markdown summary with PNG figures, also logged to MLflow as a run 
   (Fig. 6) and the fitted scaling curves (the "parameter-to-expressivity" claim).
 
 Entry point: `make_report` (``dlor-scale report TARGET [--out DIR]``,
-``python -m dlor_scale.report``).  The section functions take plain data (an Arrow or
+``python -m dlor_scale.paper.report``).  The section functions take plain data (an Arrow or
 pandas member table plus the study's spec values) so they can be tested on hand-built
 tables without MLflow.
 
 Every section ends in a `Verdict` built from named, numeric `Check`s, so "reproduced"
 always says which inequality held with which numbers.  The thresholds of the checks are
-our reading of the paper's wording (it publishes few numbers; see
-``shared/notes/paper.md`` §2–§3) and are stated in each check's text.
+our reading of the paper's wording (it publishes few numbers; REPRODUCTION.md lists each
+reading) and are stated in each check's text.
 
 Modules: `core` (constants, Check/Verdict/Section), `stats` (member tables → per-cell
 statistics), `analytic`, `studies`, `scaling` (the sections), `figures` (study figures,

@@ -267,7 +267,7 @@ def _pwl_product(pieces: int, n_grid: int = 201) -> dict:
     """
     import torch
 
-    from ..models import Shape, count_params, forward
+    from ...models import Shape, count_params, forward
 
     t = np.linspace(-2.0, 2.0, pieces + 1)
     slopes = (t[1:] ** 2 - t[:-1] ** 2) / (t[1:] - t[:-1])

@@ -26,8 +26,8 @@ Conventions: row vectors as in `models` (``y = h W + b``); factor lists are in *
 order*, i.e. ``W = F_1 F_2 … F_k`` and ``h W = (((h F_1) F_2) … ) F_k``.  Linear algebra
 is numpy float64, networks are torch float64.  Everything here is deterministic.
 
-What the paper does not say (recovered text ends at the figure captions; see
-``shared/notes/paper.md`` §4), and what is chosen here:
+What the paper does not say (the readable text ends at the figure captions; REPRODUCTION.md
+§ Choices lists every gap), and what is chosen here:
 
 * Multiplicative route: SVD with Householder reflectors, ``W = H_1…H_{n-1} Σ' G_{n-1}…G_1``
   (2n−1 factors).  Chosen over LU (needs pivoting; the permutation is not I + rank-1)
@@ -65,7 +65,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .models import Shape, activation_fn, count_params, forward
+from ..models import Shape, activation_fn, count_params, forward
 
 DTYPE = torch.float64
 

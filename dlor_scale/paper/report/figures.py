@@ -26,7 +26,7 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from . import FIG_DPI  # read at call time: the knob is `dlor_scale.report.FIG_DPI`
+    from . import FIG_DPI  # read at call time: the knob is `dlor_scale.paper.report.FIG_DPI`
 
     fig.savefig(path, dpi=FIG_DPI, bbox_inches="tight")
     _plt().close(fig)

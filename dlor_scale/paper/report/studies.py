@@ -332,7 +332,7 @@ def study_sections(df, out_dir: Path, meta: dict, name: str, kind: str | None = 
     """
     kind = kind if kind is not None else study_kind(name)
     if len(df) == 0:
-        from ..errors import DlorError
+        from ...errors import DlorError
         raise DlorError(f"study {name!r} has no member runs yet; launch it first (dlor-scale launch …)")
     if kind in SECTIONS:
         fns = SECTIONS[kind]

@@ -100,7 +100,7 @@ def log_report(tracking_uri: str, experiment: str, name: str, md_path: Path, sec
     A new run per call (keyed by time): a report is a snapshot of a study that may still
     grow, and MLflow params are immutable, so re-logging into one run could not update it.
     """
-    from ..tracking import Tracker
+    from ...tracking import Tracker
 
     _ensure_experiment(tracking_uri, experiment)
     tracker = Tracker(tracking_uri, experiment)

@@ -1,5 +1,0 @@
-"""``python -m dlor_scale.report TARGET [--out DIR] [--tracking-uri URI] [--no-log]``."""
-
-from .build import main
-
-raise SystemExit(main())
