@@ -73,13 +73,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     so a second ``dense:`` family would quietly replace the first)."""
 
     _depth = 0
+    _composed = 0
 
     def compose_node(self, parent, index):
-        """Bounded nesting while composing (PyYAML recurses: 20,000 ``[`` → RecursionError)."""
+        """Bounded nesting and size while composing (PyYAML recurses: 20,000 ``[`` →
+        RecursionError; and composing 100,000 nodes costs seconds before any check could
+        run, so the count stops at `MAX_YAML_NODES` as they are built)."""
         self._depth += 1
+        self._composed += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise _YamlLimit(problem=f"nested deeper than {MAX_YAML_DEPTH} levels (limit MAX_YAML_DEPTH)",
+                                 problem_mark=self.peek_event().start_mark)
+            if self._composed > MAX_YAML_NODES:
+                raise _YamlLimit(problem=f"more than {MAX_YAML_NODES:,} YAML nodes (limit MAX_YAML_NODES)",
                                  problem_mark=self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
