@@ -316,6 +316,7 @@ class Tracker:
             run_id = _retry(lambda: self.client.create_run(self.experiment_id, start_time=start, run_name=name,
                                                            tags=all_tags),
                             attempts=self.attempts, what="create run").info.run_id
+            failpoint("mlflow.created")   # chaos tests: a writer lost between the create and the batch
             fresh = True
         else:
             run_id, fresh = existing.info.run_id, False
