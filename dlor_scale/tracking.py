@@ -7,8 +7,9 @@ restores duplicate runs. Here every run has a deterministic key (tag ``dlor.key`
 * runs are **get-or-create** by key, so a retried create finds the first one;
 * a member's whole record (params, tags, curves, finals) goes out in a few
   ``log_batch`` calls; on a retry only the (key, step) points MLflow lacks are sent;
-* writes that fail (server down) are retried with backoff, then parked in an on-disk
-  outbox and replayed later, so nothing is lost.
+* a unit never writes member records itself: it parks each in its on-disk outbox
+  (fsynced), and the driver's `OutboxDrainer` writes them, retrying with backoff; a
+  record stays parked until its run is complete, so nothing is lost.
 
 Layout: one experiment per study; a ``kind=study`` parent run, a ``kind=cell`` child
 per (family, budget), a ``kind=member`` grandchild per member, ``kind=fit`` runs for fits.

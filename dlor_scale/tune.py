@@ -3,8 +3,8 @@
 Why this shape: Tune is good at placing work on a cluster (resources, fractional
 GPUs, retries), bad at thousands of tiny trials. So a Tune trial is a whole cohort
 (one (cell, shape) of the plan); Optuna sampling and pruning happen inside it,
-per cell, against the shared Optuna storage (see `search`), and MLflow writes are
-batched and keyed (see `tracking`).
+per cell, against the shared Optuna storage (see `search`); members' MLflow records
+are parked by the trials and written, batched and keyed, by the driver (see `tracking`).
 
 Phases: **search** (Optuna-driven members, pruned) then, if the spec asks,
 **confirm** (each cell's top-k configs retrained unpruned with several seeds).
