@@ -3,8 +3,8 @@
 Why this shape: Tune is good at placing work on a cluster (resources, fractional
 GPUs, retries), bad at thousands of tiny trials. So a Tune trial is a whole cohort
 (one (cell, shape) of the plan); Optuna sampling and pruning happen inside it,
-per cell, against the shared Optuna storage (see `search`), and MLflow writes are
-batched and keyed (see `tracking`).
+per cell, against the shared Optuna storage (see `search`); members' MLflow records
+are parked by the trials and written, batched and keyed, by the driver (see `tracking`).
 
 Phases: **search** (Optuna-driven members, pruned) then, if the spec asks,
 **confirm** (each cell's top-k configs retrained unpruned with several seeds).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan
-from .tracking import Tracker, code_version, describe_fit_runs
+from .tracking import OutboxDrainer, Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
 from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
 
@@ -304,25 +304,29 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             UnitFiles(study_dir, u["id"]).checkpoint.unlink(missing_ok=True)
     finished = not todo and (study.confirm is None or _confirm_done(study_dir))
     started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
+    # Units park their members' records; this drains them to MLflow while the phases run,
+    # and completely when they end (records earlier launches left parked included).
+    drainer = OutboxDrainer(Tracker(ctx["tracking_uri"], study.name), study_dir / "outbox")
     try:
-        if progress:
-            progress.start(plan, units, study)
-            progress.mark_done([u for u in units if u not in todo], study_dir)
-        failed = _run_phase(todo, ctx, study, "search", progress)
-        if failed:
-            raise DlorError(f"{len(failed)} search unit(s) failed: {'; '.join(failed)}; "
-                            f"fix the cause and relaunch to continue")
-        cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
-        if progress and cunits:
-            progress.add_phase(cunits)
-        ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).is_done()]
-        failed = _run_phase(ctodo, ctx, study, "confirm", progress)
-        if failed:
-            raise DlorError(f"{len(failed)} confirmation unit(s) failed: {'; '.join(failed)}; "
-                            f"fix the cause and relaunch to continue")
-        (study_dir / "units").mkdir(parents=True, exist_ok=True)
-        (study_dir / "units" / "confirm.complete").touch()
-        left = flush_all_outboxes(ctx)
+        with drainer:
+            if progress:
+                progress.start(plan, units, study)
+                progress.mark_done([u for u in units if u not in todo], study_dir)
+            failed = _run_phase(todo, ctx, study, "search", progress)
+            if failed:
+                raise DlorError(f"{len(failed)} search unit(s) failed: {'; '.join(failed)}; "
+                                f"fix the cause and relaunch to continue")
+            cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
+            if progress and cunits:
+                progress.add_phase(cunits)
+            ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).is_done()]
+            failed = _run_phase(ctodo, ctx, study, "confirm", progress)
+            if failed:
+                raise DlorError(f"{len(failed)} confirmation unit(s) failed: {'; '.join(failed)}; "
+                                f"fix the cause and relaunch to continue")
+            (study_dir / "units").mkdir(parents=True, exist_ok=True)
+            (study_dir / "units" / "confirm.complete").touch()
+        left = drainer.left
         if left:
             raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
         close_member_runs(tracker)
@@ -404,12 +408,9 @@ def unit_totals(study_dir: Path, units: list[dict]) -> dict:
 
 
 def flush_all_outboxes(ctx: dict) -> int:
-    """Replay records any unit parked (MLflow was down); returns how many remain."""
-    root = Path(ctx["study_dir"]) / "outbox"
-    left = 0
-    for box in sorted(p for p in root.glob("*") if p.is_dir()):
-        left += Tracker(ctx["tracking_uri"], ctx["name"], outbox=box).flush_outbox()
-    return left
+    """Write every record the study's units parked (no unit may be running); returns how
+    many remain parked (MLflow down)."""
+    return OutboxDrainer(Tracker(ctx["tracking_uri"], ctx["name"]), Path(ctx["study_dir"]) / "outbox").drain()
 
 
 def _fit_study(study, tracker):

@@ -21,7 +21,7 @@ import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
 from .models import Shape, count_params
-from .tracking import AsyncRecorder, Tracker, code_version, failpoint
+from .tracking import Tracker, code_version, failpoint
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,7 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
         "parent_id": ctx["cell_runs"][unit["cell"]], "params": params, "tags": tags,
         "curves": {"train_loss": list(result.train_loss), "val_error": list(result.val_error)},
         "finals": finals, "status": "FINISHED" if result.state in ("completed", "pruned") else "FAILED",
+        "end_time": int(time.time() * 1000),   # written later by the driver: the run's times are these
     }
 
 
@@ -334,9 +335,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
     data = dataset_for(study, Path(ctx["base_dir"]))
     shape = Shape(**unit["shape"])
+    # Member records are only parked here (durably); the driver's `OutboxDrainer` writes
+    # them to MLflow, so no MLflow traffic competes with this trial's training.
     tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=files.outbox)
-    tracker.flush_outbox()  # records an earlier attempt of this unit could not send
-    recorder = AsyncRecorder(tracker)
     resume = files.load_checkpoint()
     in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
@@ -365,8 +366,8 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         resume_best = {m["spec"]["key"]: m["best_val"] for m in resume["members"] if m} if resume else None
 
         def on_result(result: MemberResult, number: int, fresh: bool):
-            recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=number, settings=settings),
-                            fresh=fresh)
+            tracker.park(member_record(ctx, unit, shape, result, optuna_trial=number, settings=settings),
+                         fresh=fresh)
             publish(result)
 
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
@@ -377,8 +378,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         members = [MemberSpec(**m) for m in unit["members"]]
 
         def on_result(result: MemberResult):
-            recorder.submit(member_record(ctx, unit, shape, result, optuna_trial=None,
-                                          settings=settings))
+            tracker.park(member_record(ctx, unit, shape, result, optuna_trial=None, settings=settings))
             publish(result)
 
         source = FixedSource(members, skip=files.finished_keys() | in_flight_keys, on_result=on_result)
@@ -402,25 +402,21 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     node = node_id()
     beat = Heartbeat(study_dir / "heartbeats" / f"{safe(unit['id'])}.json",
                      {"unit": unit["id"], "node": node, "pid": os.getpid()})
-    try:
-        with beat:
-            cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
-                       resume=resume)
-    finally:
-        left = recorder.close()
+    with beat:
+        cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
+                   resume=resume)
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
         progress.update(_state_counts(source.member_states(states).values()))
         _record_cell_counts(tracker, ctx, unit, ostudy)
-    out = {**progress, "elapsed_s": time.time() - t0, "parked": left, "node": node,
+    out = {**progress, "elapsed_s": time.time() - t0, "node": node,
            "resumed": resume is not None,
            "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
            "model_steps": cohort.stats.get("model_steps", 0)}
     if files.notes:
         out["notes"] = list(files.notes)
-    if left == 0:
-        files.write_done(out)
-        files.checkpoint.unlink(missing_ok=True)
+    files.write_done(out)   # every member's record is parked: the driver writes it
+    files.checkpoint.unlink(missing_ok=True)
     return out
 
 

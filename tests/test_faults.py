@@ -87,16 +87,19 @@ def test_replay_terminates_a_complete_run_left_running(tmp_path, failpoints):
     assert len(tr.runs(kind="member")) == 2
 
 
-def test_async_recorder_write_killed_before_terminate_is_repaired_by_its_outbox(tmp_path, failpoints):
-    from dlor_scale.tracking import AsyncRecorder
+def test_drain_killed_before_terminate_is_repaired_by_the_next_pass(tmp_path, failpoints):
+    from dlor_scale.tracking import OutboxDrainer
     tr = _tracker(tmp_path)
+    Tracker(tr.uri, "faults", outbox=tmp_path / "outbox" / "u").park(_record(), fresh=True)
     failpoints("mlflow.complete:raise")
-    rec = AsyncRecorder(tr)
-    rec.submit(_record(), fresh=True)
-    assert rec.close() == 0                         # the failed write stayed parked and was replayed
+    drainer = OutboxDrainer(tr, tmp_path / "outbox")
+    assert drainer.drain() == 1                     # the write failed after its last batch: still parked
+    assert tr.find_run("faults/m0").info.status == "RUNNING"
+    assert drainer.drain() == 0                     # the replay terminates the run
     run = tr.find_run("faults/m0")
     assert run.info.status == "FINISHED" and run.data.tags["dlor.complete"] == "1"
-    assert not list((tmp_path / "outbox").glob("*"))
+    assert not list((tmp_path / "outbox").rglob("*.json"))
+    assert len(tr.runs(kind="member")) == 1
 
 
 def test_sweep_closes_complete_member_runs_left_running(tmp_path, failpoints):
@@ -343,7 +346,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     from dlor_scale.plan import make_plan
     from dlor_scale.search import storage
     from dlor_scale.targets import check_study_data
-    from dlor_scale.tune import build_context, confirm_units, prepare_stores, search_units
+    from dlor_scale.tune import build_context, confirm_units, flush_all_outboxes, prepare_stores, search_units
     from dlor_scale.worker import run_unit
 
     study, source = _tiny_study(tmp_path)
@@ -357,12 +360,14 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     assert unit["quota"] == 4 and unit["slots"] == 2
     files = UnitFiles(Path(ctx["study_dir"]), unit["id"])
 
-    # attempt 1: the first wave finishes (its writer dies between batch and terminate),
-    # then the connection drops between the refill's ask and its sampling
+    # attempt 1: the first wave finishes, then the connection drops between the refill's
+    # ask and its sampling; the driver's drain of its records dies between batch and terminate
     failpoints("mlflow.complete:raise", "optuna.asked:raise:1:2")
     with pytest.raises(FailpointError):
         run_unit(ctx, unit)
     assert not files.is_done() and len(files.ledger_states()) == 2
+    assert tracker.runs(kind="member") == []          # the trial only parks
+    assert flush_all_outboxes(ctx) == 2               # the first write died: the pass stops
     ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
     assert [(t.number, t.state.name, sorted(t.params)) for t in ost.get_trials()][2] == (2, "RUNNING", [])
     # attempt 2: the trial gets its parameters; the unit dies after a checkpoint of the second wave
@@ -390,6 +395,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
     trials = ost.get_trials()
     assert len(trials) == 4 and all(t.state.is_finished() and "lr" in t.params for t in trials)
+    assert flush_all_outboxes(ctx) == 0
     members = tracker.runs(kind="member")
     assert sorted(r.data.tags["dlor.key"] for r in members) == sorted(f"faults/dense@120/t{t.number}" for t in trials)
     for r in members:

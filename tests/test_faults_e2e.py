@@ -3,10 +3,11 @@ real kills; each test ends with the project's exactly-once verifier
 (`studycheck.check_records`: one run per member, no duplicate (run, key, step) points,
 Optuna states = MLflow tags, every run terminated with the right status, fit run).
 
-Kill points: a worker SIGKILLed in the middle of a checkpoint write and between a
-member's last MLflow batch and its terminate; a worker lost between an Optuna ask and
-its sampling, with connections dropped around it; the driver killed, then the
-checkpoints it left cut in half and the done markers emptied or corrupted.
+Kill points: a worker SIGKILLed in the middle of a checkpoint write; the driver (which
+writes the records units park) between a member's last MLflow batch and its terminate;
+a worker lost between an Optuna ask and its sampling, with connections dropped around
+it; the driver killed, then the checkpoints it left cut in half and the done markers
+emptied or corrupted.
 Workers are killed through `failpoint` hooks (``DLOR_FAILPOINTS``), so the kill lands
 exactly at the point, every run.
 """
@@ -113,18 +114,50 @@ def failpoint_env(tmp_path: Path, *specs: str) -> dict:
     return {"DLOR_FAILPOINTS": ",".join(specs), "DLOR_FAILPOINT_DIR": str(tmp_path / "failpoints")}
 
 
-def test_worker_killed_mid_checkpoint_write_and_before_terminate(tmp_path):
-    """Item 1: a worker SIGKILLed half-way through a checkpoint write, and one killed
-    after a member's ``dlor.complete`` batch but before ``set_terminated``: Tune retries
-    the unit, the replay terminates the run, no tmp file is left, nothing doubles."""
+def run_until_it_dies(cmd: list[str], env: dict, log: Path) -> int:
+    """Run a driver that is to kill itself (a failpoint), then SIGKILL every process it
+    had started: its tree is recorded while it runs, since a dead driver's Ray workers
+    are re-parented and may train on (rewriting the files a relaunch reads)."""
+    tree: set[int] = set()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            tree.update(_descendants(proc.pid))
+            time.sleep(0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        rc = proc.wait()
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 60
+    while any(_alive(p) for p in tree) and time.time() < deadline:
+        time.sleep(0.2)
+    return rc
+
+
+def test_worker_killed_mid_checkpoint_write_and_driver_killed_mid_drain(tmp_path):
+    """Item 1: a worker SIGKILLed half-way through a checkpoint write (Tune retries the
+    unit), and the driver SIGKILLed while writing members' records to MLflow, after a
+    run's ``dlor.complete`` batch but before ``set_terminated``. The relaunch replays the
+    records left parked: the run is terminated, no tmp file is left, nothing doubles."""
     spec = write(tmp_path, "kill_write")
     env = failpoint_env(tmp_path, "checkpoint.write:kill:1:2", "mlflow.complete:kill")
+    cmd = [sys.executable, "-m", "dlor_scale.cli", "launch", str(spec), "--no-progress"]
+    rc = run_until_it_dies(cmd, env, tmp_path / "driver1.log")
+    assert rc == -9, (tmp_path / "driver1.log").read_text()[-4000:]
+    assert "mlflow.complete.0" in fired(tmp_path / "failpoints")
     r = launch(spec, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert fired(tmp_path / "failpoints") == {"checkpoint.write.0", "mlflow.complete.0"}
     from dlor_scale.spec import load_study
     study_dir = load_study(spec).study_dir()
     assert stray_tmp(study_dir) == []
+    assert not list((study_dir / "outbox").rglob("*.json"))
     verify(spec, expect_pruned=False)
 
 
