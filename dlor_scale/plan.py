@@ -16,11 +16,8 @@ from dataclasses import dataclass
 
 from . import budget as budget_solver
 from .shapes import Counts, Shape, count_params
+from .sizing import cohort_slots
 from .spec import Study
-
-#: Upper bound for ``cohort_size: auto`` until cohort sizing from GPU memory lands.
-AUTO_COHORT_MAX = 64
-
 
 @dataclass(frozen=True)
 class ShapePlan:
@@ -30,7 +27,7 @@ class ShapePlan:
     n_params: int
     counts: Counts
     trials: int  # members Optuna searches on this shape
-    cohort_size: int  # slots: members trained side by side in one cohort
+    cohort_size: int | None  # slots: members trained side by side (None: sized on the worker's GPU)
 
     @property
     def slots(self) -> int:
@@ -111,7 +108,7 @@ class Plan:
                     "width": s.width, "depth": s.depth, "rank": s.rank, "branches": s.branches,
                     "diag": s.diag, "n_params": sp.n_params,
                     "rel_err": round((sp.n_params - c.budget) / c.budget, 6),
-                    "trials": sp.trials, "slots": sp.cohort_size, "cpu": res.cpu, "gpu": res.gpu,
+                    "trials": sp.trials, "slots": sp.cohort_size if sp.cohort_size is not None else "auto (GPU)", "cpu": res.cpu, "gpu": res.gpu,
                 })
         return rows
 
@@ -122,10 +119,22 @@ def split_trials(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def cohort_slots(cohort_size: int | str, trials: int) -> int:
-    """Members trained at once: never more slots than members to train."""
-    cap = AUTO_COHORT_MAX if cohort_size == "auto" else int(cohort_size)
-    return max(1, min(cap, trials))
+def study_device(study: Study) -> str:
+    """The device a study's cohorts train on: ``auto`` means CUDA when trials get a GPU."""
+    if study.device != "auto":
+        return study.device
+    return "cuda" if (study.resources.gpu or 0) > 0 else "cpu"
+
+
+def study_slots(study: Study, shape: Shape, trials: int, *, n_train: int | None = None) -> int | None:
+    """A cohort's slots in this study: `sizing.cohort_slots` (the one owner) with the
+    study's device, data size and GPU share; the worker calls it too."""
+    from .targets import train_rows
+    gpu = study.resources.gpu or 0
+    rows = n_train if n_train is not None else (
+        train_rows(study.target, study.base_dir) if study.cohort_size == "auto" else 1)
+    return cohort_slots(study.cohort_size, shape, trials=max(1, trials), n_train=rows,
+                        batch_size=study.batch_size, device=study_device(study), share=gpu if 0 < gpu < 1 else 1.0)
 
 
 def make_plan(study: Study) -> Plan:
@@ -145,7 +154,7 @@ def make_plan(study: Study) -> Plan:
             cands = sol[b]
             shares = split_trials(study.trials_per_cell, len(cands))
             shapes = tuple(
-                ShapePlan(c.shape, c.n_params, count_params(c.shape), n, cohort_slots(study.cohort_size, n))
+                ShapePlan(c.shape, c.n_params, count_params(c.shape), n, study_slots(study, c.shape, n))
                 for c, n in zip(cands, shares)
             )
             cells.append(Cell(label, fam.family, b, shapes))

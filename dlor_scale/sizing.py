@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 
-from .models import Shape, count_params
+from .shapes import Shape, count_params
 
 BYTES = 4  # float32
 PARAM_COPIES = 4  # value, grad, Adam exp_avg, exp_avg_sq
@@ -151,3 +151,26 @@ def auto_slots(
         return max(1, min(trials, limit))
     fit = math.floor((safety * room - shared) / per_member)
     return max(1, min(trials, limit, fit))
+
+
+def cohort_slots(cohort_size: int | str, shape: Shape, *, trials: int, n_train: int,
+                 batch_size: int | None, device: str, share: float = 1.0,
+                 free_bytes: int | None = None) -> int | None:
+    """The one place that decides a cohort's slots: the plan (so ``--dry-run`` and
+    ``validate``) and the worker both call it, so the dry run shows what runs.
+
+    A number: that many, never more than the members to train. ``auto``: `auto_slots`
+    for ``device`` (resolved: ``cpu`` or ``cuda``). On a GPU that needs the device's free
+    memory, so a plan made where no GPU is visible returns None ("sized on the worker's
+    GPU") rather than a guess.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be ≥ 1, got {trials}")
+    if cohort_size != "auto":
+        return max(1, min(int(cohort_size), trials))
+    if device.split(":", 1)[0] == "cuda" and free_bytes is None:
+        import torch   # only auto sizing for a GPU needs it: validate stays light otherwise
+        if not torch.cuda.is_available():
+            return None
+    return auto_slots(shape, trials=trials, n_train=n_train, batch_size=batch_size, device=device,
+                      share=share, free_bytes=free_bytes)

@@ -342,6 +342,22 @@ def parquet_path(target: ParquetTarget, base_dir: Path | None) -> Path:
     return path
 
 
+def train_rows(target, base_dir: Path | None) -> int:
+    """Training rows a target gives, without making its data (the plan sizes cohorts from
+    it): ``n_train`` where the spec fixes it, else the Parquet file's row count (footer
+    metadata only) split as `_split_sizes` splits it."""
+    n = getattr(target, "n_train", None)
+    if n is not None:
+        return int(n)
+    import pyarrow.parquet as pq
+    path = parquet_path(target, base_dir)
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as e:   # pyarrow's errors derive from these
+        raise DataError(f"{path}: cannot read the Parquet footer: {e}") from None
+    return _split_sizes(path, rows, target)[0]
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes (cached by size + mtime); DataError if unreadable."""
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError, DlorError, SpecError
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, study_device
 from .tracking import OutboxDrainer, Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
 from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
@@ -59,16 +59,10 @@ def build_context(study, plan: Plan, source: str, *, threads: int) -> dict:
         "search_space": {k: v for k, v in study.search_space.items()},
         "epochs": study.epochs, "batch_size": study.batch_size, "report_every": study.report_every,
         "metric": study.metric, "threshold": study.threshold, "seed": study.seed,
-        "device": _device(study), "compile": study.compile, "precision": study.precision,
+        "device": study_device(study), "compile": study.compile, "precision": study.precision,
         "checkpoint_every": study.checkpoint_every, "threads": threads, "cell_runs": {},
         "cohort_size": study.cohort_size, "gpu": study.resources.gpu or 0,
     }
-
-
-def _device(study) -> str:
-    if study.device != "auto":
-        return study.device
-    return "cuda" if (study.resources.gpu or 0) > 0 else "cpu"
 
 
 def search_units(study, plan: Plan) -> list[dict]:
@@ -114,7 +108,7 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
             units.append(unit_dict(
                 id=f"confirm/{cell.key}/{shape_idx}", phase="confirm", cell=cell.key, label=cell.label,
                 family=cell.family, budget=cell.budget, shape=sp.shape, members=members,
-                slots=min(len(members), max(sp.cohort_size, 1)), optuna_study=cell.optuna_study_name(study.name),
+                slots=min(len(members), sp.cohort_size or len(members)), optuna_study=cell.optuna_study_name(study.name),
                 cost=sp.n_params * len(members),
             ))
     return sorted(units, key=lambda u: -u["cost"])

@@ -384,12 +384,10 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         source = FixedSource(members, skip=files.finished_keys() | in_flight_keys, on_result=on_result)
 
     slots = unit["slots"]
-    if ctx.get("cohort_size") == "auto":  # size from this worker's device and free memory
-        from .sizing import auto_slots
-        gpu = ctx.get("gpu") or 0
-        slots = auto_slots(shape, trials=max(1, unit.get("quota") or len(unit.get("members", []))),
-                           n_train=len(data.x_train), batch_size=ctx["batch_size"], device=ctx["device"],
-                           share=gpu if 0 < gpu < 1 else 1.0)
+    if study.cohort_size == "auto":  # the plan's rule, with this worker's device and memory
+        from .plan import study_slots
+        slots = study_slots(study, shape, unit.get("quota") or len(unit.get("members", [])),
+                            n_train=len(data.x_train))
     settings["slots"] = slots
     cohort = Cohort(shape, data, slots=slots, epochs=ctx["epochs"], report_every=ctx["report_every"],
                     batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],

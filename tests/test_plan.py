@@ -9,7 +9,8 @@ import yaml
 
 from dlor_scale.budget import GROWTH_AXIS, fixed_axes
 from dlor_scale.models import count_params
-from dlor_scale.plan import AUTO_COHORT_MAX, Cell, Plan, cohort_slots, make_plan, split_trials
+from dlor_scale.plan import Cell, Plan, make_plan, split_trials, study_slots
+from dlor_scale.sizing import CPU_SLOTS, cohort_slots
 from dlor_scale.spec import load_study, parse_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -68,7 +69,7 @@ def test_trials_and_slots(quickstart, qs_plan):
 
 def test_quickstart_is_small(qs_plan):
     """Sized for 2 CPU cores in a few minutes: few members, small networks."""
-    assert 150 <= qs_plan.total_members + qs_plan.confirm_members <= 250
+    assert 150 <= qs_plan.total_members + qs_plan.confirm_members <= 400
     assert all(sp.n_params <= 2550 and sp.shape.width <= 256 and sp.shape.depth <= 128
                for c in qs_plan.cells for sp in c.shapes)
 
@@ -191,7 +192,10 @@ def test_budget_study_plan_uses_auto_cohorts():
     s = load_study(STUDIES / "budget.yaml")
     plan = make_plan(s)
     assert len(plan.cells) == len(s.families) * len(s.budgets)
-    assert all(sp.slots == min(AUTO_COHORT_MAX, sp.trials) for c in plan.cells for sp in c.shapes)
+    # gpu 0.25 per trial: auto sizes each cohort from the worker's free GPU memory, which a
+    # plan made on this CPU-only machine cannot know — it says so instead of guessing
+    assert all(sp.slots is None for c in plan.cells for sp in c.shapes)
+    assert all(r["slots"] == "auto (GPU)" for r in plan.table())
     assert all(r["gpu"] == 0.25 for r in plan.table())
 
 
@@ -202,9 +206,33 @@ def test_split_trials(total, parts, expected):
     assert split_trials(total, parts) == expected and sum(expected) == total
 
 
-@pytest.mark.parametrize("cohort, trials, slots", [(16, 8, 8), (4, 8, 4), ("auto", 8, 8), ("auto", 500, AUTO_COHORT_MAX)])
-def test_cohort_slots(cohort, trials, slots):
-    assert cohort_slots(cohort, trials) == slots
+@pytest.mark.parametrize("cohort, trials, slots", [(16, 8, 8), (4, 8, 4), ("auto", 8, 8), ("auto", 500, CPU_SLOTS)])
+def test_cohort_slots(quickstart, cohort, trials, slots):
+    shape = make_plan(quickstart).cells[0].shapes[0].shape
+    assert cohort_slots(cohort, shape, trials=trials, n_train=1024, batch_size=None, device="cpu") == slots
+
+
+def test_cohort_slots_auto_is_bounded_by_memory(quickstart):
+    shape = make_plan(quickstart).cells[0].shapes[0].shape
+    one = cohort_slots("auto", shape, trials=500, n_train=1024, batch_size=None, device="cpu",
+                       free_bytes=10**9)
+    tight = cohort_slots("auto", shape, trials=500, n_train=1024, batch_size=None, device="cpu",
+                         free_bytes=2 * 10**5)
+    assert one == CPU_SLOTS and 1 <= tight < one
+
+
+def test_dry_run_with_auto_cohorts_shows_the_slots_the_worker_uses(tmp_path):
+    """One owner for cohort size: the plan (what --dry-run prints) and the worker call the
+    same rule; the worker's input is the data it actually made."""
+    from dlor_scale.worker import dataset_for
+    study = quickstart_with(cohort_size="auto", device="cpu", trials_per_cell=100)
+    plan = make_plan(study)
+    data = dataset_for(study, tmp_path)
+    for cell in plan.cells[:3]:
+        sp = cell.shapes[0]
+        worker = study_slots(study, sp.shape, sp.trials, n_train=len(data.x_train))
+        assert sp.slots == worker and isinstance(worker, int), (cell.key, sp.slots, worker)
+    assert {r["slots"] for r in plan.table()} == {min(100, CPU_SLOTS)}
 
 
 def test_cell_key_format():

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import budget as budget_solver
 from ..errors import BudgetError
+from ..sizing import CPU_SLOTS
 from .distributions import Distribution, domain_text, in_domain
 from .families import FamilySpec
 from .locations import expand_user
@@ -44,7 +45,7 @@ def search_problems(s: Study) -> list[Problem]:
 
     n = s.trials_per_cell
     quota = -(-n // max(1, min(s.shapes_per_cell, n)))            # trials of the largest cohort
-    slots = max(1, min(64 if s.cohort_size == "auto" else s.cohort_size, quota))  # plan.cohort_slots
+    slots = max(1, min(CPU_SLOTS if s.cohort_size == "auto" else s.cohort_size, quota))  # the CPU bound of sizing.cohort_slots
     pr, sa = s.pruner, s.sampler
     if pr.kind in ("median", "percentile"):
         need = max(pr.n_startup_trials, pr.n_min_trials)
