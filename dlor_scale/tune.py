@@ -81,8 +81,10 @@ def search_units(study, plan: Plan) -> list[dict]:
 def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
     """Top-k COMPLETE trials of each cell (by best val), retrained with `seeds` seeds."""
     import optuna
+    import optuna
     from optuna.trial import TrialState
 
+    from .optuna_private import trial_id
     from .search import db_retry, member_seed, member_spec
     if study.confirm is None:
         return []
@@ -174,13 +176,15 @@ def fail_orphan_trials(ostudy) -> int:
     that set it in a separate commit, and the connection dropped in between). No unit
     would ever resume them, so they would stay RUNNING for good. Called by the driver
     before any unit runs. Returns how many were failed."""
+    import optuna
     from optuna.trial import TrialState
 
+    from .optuna_private import trial_id
     from .search import db_retry
     trials = db_retry(lambda: ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "read trials")
     orphans = [t for t in trials if "unit" not in t.user_attrs]
     for t in orphans:
-        db_retry(lambda t=t: ostudy._storage.set_trial_user_attr(t._trial_id, "dlor.orphan", True), "tag a trial")
+        db_retry(lambda t=t: optuna.Trial(ostudy, trial_id(t)).set_user_attr("dlor.orphan", True), "tag a trial")
         db_retry(lambda t=t: ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True), "fail a trial")
         log.warning("Optuna trial %d of %s was RUNNING without a unit (an ask cut off by a dropped "
                     "connection); marked FAIL", t.number, ostudy.study_name)
