@@ -146,6 +146,10 @@ def make_plan(study: Study) -> Plan:
     """
     cells, warnings, notes = [], [], []
     n_shapes = min(study.shapes_per_cell, study.trials_per_cell)
+    rows = None
+    if study.cohort_size == "auto":   # read once (a Parquet footer), not once per shape
+        from .targets import train_rows
+        rows = train_rows(study.target, study.base_dir)
     for label, fam in study.families.items():
         sol = budget_solver.solve_family(fam.family, study.budgets, limit=n_shapes, **study.solve_kwargs(label))
         warnings += budget_solver.plan_warnings(label, fam.family, sol)
@@ -154,7 +158,7 @@ def make_plan(study: Study) -> Plan:
             cands = sol[b]
             shares = split_trials(study.trials_per_cell, len(cands))
             shapes = tuple(
-                ShapePlan(c.shape, c.n_params, count_params(c.shape), n, study_slots(study, c.shape, n))
+                ShapePlan(c.shape, c.n_params, count_params(c.shape), n, study_slots(study, c.shape, n, n_train=rows))
                 for c, n in zip(cands, shares)
             )
             cells.append(Cell(label, fam.family, b, shapes))
