@@ -353,15 +353,6 @@ class Tracker:
         os.replace(tmp, path)
         return path
 
-    def flush_outbox(self) -> int:
-        """Replay parked records; returns how many are still parked."""
-        if self.outbox is None or not self.outbox.exists():
-            return 0
-        left = 0
-        for path in sorted(self.outbox.glob("*.json")):
-            left += not self.send_parked(path)
-        return left
-
     def send_parked(self, path: Path, fresh_ok: bool = False) -> bool:
         """Write one parked record and unpark it; False if it stays parked (MLflow down).
         `fresh_ok`: the caller knows no writer has seen this file before, so the record's
