@@ -846,7 +846,7 @@ class Cohort:
         xv, yv = d.x_val.double(), d.y_val.double()
         y_norm = float(torch.linalg.vector_norm(yv))
 
-        def train_mse(q):
+        def train_mse(q, members=None):   # members share the data: who they are is moot
             return (forward(self.shape, self.layout.views(q), xt) - yt).square().mean(dim=(1, 2))
 
         def val_error(q) -> list[float]:

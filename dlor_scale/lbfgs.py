@@ -22,19 +22,21 @@ from typing import Callable
 
 import torch
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]   # [K, P] → [K] per-member losses
+# (points [K', P], which members they are [K'] as indices into x0's rows) → losses [K']
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
-def value_and_grad(loss_fn: LossFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member losses ``[K]`` and gradients ``[K, P]`` (the sum's gradient is per member,
-    since member k's loss depends only on row k)."""
+def value_and_grad(loss_fn: LossFn, x: torch.Tensor, members: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member losses ``[K']`` and gradients ``[K', P]`` (the sum's gradient is per
+    member, since member k's loss depends only on row k)."""
     with torch.enable_grad():
         q = x.detach().requires_grad_(True)
-        f = loss_fn(q)
+        f = loss_fn(q, members)
         (g,) = torch.autograd.grad(f.sum(), q)
     return f.detach(), g
 
@@ -45,6 +47,10 @@ def minimize(loss_fn: LossFn, x0: torch.Tensor, *, iterations: int, history: int
              on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise K problems from ``x0 [K, P]``; returns (x, f, active mask at the end).
+
+    ``loss_fn(points, members)`` returns the losses of ``points [K', P]``, the current
+    points of members ``members [K']`` (row indices of ``x0``): passes after the first of
+    an iteration evaluate only the members that need them.
 
     ``on_iteration(it, x, f)`` is called after every iteration (it = 1…) with the current
     points and losses — e.g. to evaluate validation error and keep the best weights.
@@ -57,8 +63,10 @@ def minimize(loss_fn: LossFn, x0: torch.Tensor, *, iterations: int, history: int
     rho = x.new_zeros(k, m)
     gamma = x.new_ones(k)
     active = torch.ones(k, dtype=torch.bool, device=x.device)
-    f, g = value_and_grad(loss_fn, x)
+    everyone = torch.arange(k, device=x.device)
+    f, g = value_and_grad(loss_fn, x, everyone)
     for it in range(1, iterations + 1):
+        live = active.nonzero().squeeze(1)      # converged members cost nothing more
         # two-loop recursion, newest → oldest, then back
         q = g.clone()
         alpha = x.new_zeros(k, m)
@@ -78,11 +86,14 @@ def minimize(loss_fn: LossFn, x0: torch.Tensor, *, iterations: int, history: int
             slope = torch.where(bad, -_dot(g, g), slope)
         d[~active] = 0
         # backtracking Armijo line search, per member; the first trial point is evaluated
-        # with its gradient (usually accepted: one pass per iteration, as torch's LBFGS)
+        # with its gradient (usually accepted: one pass per iteration, as torch's LBFGS).
+        # Later passes evaluate only the members that still need them: in a batch, one
+        # member's backtracking must not cost a forward pass of all K.
         t = torch.where(torch.full_like(f, it == 1, dtype=torch.bool),
                         (1.0 / g.abs().sum(-1).clamp_min(1e-12)).clamp(max=1.0), torch.ones_like(f))
         trial = x + t[:, None] * d
-        ft, gt = value_and_grad(loss_fn, trial)
+        ft, gt = f.clone(), g.clone()
+        ft[live], gt[live] = value_and_grad(loss_fn, trial[live], live)
         ok = active & torch.isfinite(ft) & (ft <= f + 1e-4 * t * slope)
         x_new = torch.where(ok[:, None], trial, x)
         f_new = torch.where(ok, ft, f)
@@ -90,18 +101,20 @@ def minimize(loss_fn: LossFn, x0: torch.Tensor, *, iterations: int, history: int
         accepted = ok | ~active
         late = torch.zeros_like(ok)              # accepted after backtracking: grad needed
         for _ in range(max_halvings):
-            if bool(accepted.all()):
+            need = (~accepted).nonzero().squeeze(1)
+            if need.numel() == 0:
                 break
-            t = torch.where(accepted, t, t * 0.5)
-            trial = x + t[:, None] * d
-            ft = loss_fn(trial)
-            ok = (~accepted) & torch.isfinite(ft) & (ft <= f + 1e-4 * t * slope)
-            x_new[ok], f_new[ok] = trial[ok], ft[ok]
-            accepted |= ok
-            late |= ok
-        if bool(late.any()):
-            _, gl = value_and_grad(loss_fn, x_new)
-            g_new[late] = gl[late]
+            t[need] *= 0.5
+            trial_n = x[need] + t[need, None] * d[need]
+            ft_n = loss_fn(trial_n, need)
+            ok_n = torch.isfinite(ft_n) & (ft_n <= f[need] + 1e-4 * t[need] * slope[need])
+            got = need[ok_n]
+            x_new[got], f_new[got] = trial_n[ok_n], ft_n[ok_n]
+            accepted[got] = True
+            late[got] = True
+        redo = late.nonzero().squeeze(1)
+        if redo.numel():
+            g_new[redo] = value_and_grad(loss_fn, x_new[redo], redo)[1]
         stalled = active & ~accepted             # no decrease found: converged (or stuck)
         s, y = x_new - x, g_new - g
         sy = _dot(s, y)

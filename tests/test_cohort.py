@@ -416,16 +416,44 @@ def test_lbfgs_solves_independent_quadratics_exactly():
     a = torch.randn(k, p, p, generator=g, dtype=torch.float64)
     h = a @ a.transpose(1, 2) + 0.5 * torch.eye(p, dtype=torch.float64)
     b = torch.randn(k, p, generator=g, dtype=torch.float64)
-    loss = lambda x: 0.5 * torch.einsum("kp,kpq,kq->k", x, h, x) - (b * x).sum(-1)  # noqa: E731
+    loss = lambda x, i: 0.5 * torch.einsum("kp,kpq,kq->k", x, h[i], x) - (b[i] * x).sum(-1)  # noqa: E731
     x, f, _ = lbfgs.minimize(loss, torch.zeros(k, p, dtype=torch.float64), iterations=200)
     exact = torch.linalg.solve(h, b)
     assert torch.allclose(x, exact, atol=1e-6)
-    one = lambda x: loss(torch.cat([x, torch.zeros(k - 1, p, dtype=torch.float64)]))[:1]  # noqa: E731
-    sub = lambda x: 0.5 * torch.einsum("kp,kpq,kq->k", x, h[:1], x) - (b[:1] * x).sum(-1)  # noqa: E731
+    sub = lambda x, i: 0.5 * torch.einsum("kp,kpq,kq->k", x, h[:1][i], x) - (b[:1][i] * x).sum(-1)  # noqa: E731
     x1, _, _ = lbfgs.minimize(sub, torch.zeros(1, p, dtype=torch.float64), iterations=7)
     xk, _, _ = lbfgs.minimize(loss, torch.zeros(k, p, dtype=torch.float64), iterations=7)
     assert torch.allclose(x1[0], xk[0], atol=1e-12)
-    del one
+
+
+def test_lbfgs_evaluates_only_the_members_that_need_a_pass():
+    """A member that backtracks costs passes of itself alone, and one that converged
+    costs nothing more (a whole-batch pass per backtrack made a cohort's finish ~1.5×
+    slower); every member still follows its solo trajectory."""
+    from dlor_scale import lbfgs
+
+    def rosenbrock(x):   # member 0: curved valley, backtracks often
+        return ((1 - x[:, 0]) ** 2 + 100 * (x[:, 1] - x[:, 0] ** 2) ** 2)
+
+    def quadratic(x):    # member 1: converges in a few iterations
+        return 0.5 * (x * x).sum(-1)
+
+    calls: list[list[int]] = []
+
+    def loss(x, members):
+        calls.append(members.tolist())
+        out = torch.empty(len(members), dtype=x.dtype)
+        for j, m in enumerate(members.tolist()):
+            out[j] = (rosenbrock if m == 0 else quadratic)(x[j:j + 1])[0]
+        return out
+
+    x0 = torch.tensor([[-1.2, 1.0], [3.0, -2.0]], dtype=torch.float64)
+    x, _, active = lbfgs.minimize(loss, x0, iterations=60)
+    assert any(c == [0] for c in calls)                       # passes of member 0 alone
+    last_one = max(i for i, c in enumerate(calls) if 1 in c)
+    assert last_one < len(calls) - 10 and not active[1]       # member 1 converged, then idle
+    solo, _, _ = lbfgs.minimize(lambda q, m: rosenbrock(q), x0[:1], iterations=60)
+    assert torch.equal(solo[0], x[0])
 
 
 def test_quasi_newton_finish_lowers_error_and_scores_its_best_weights():
