@@ -430,7 +430,8 @@ def _finish_kwargs(study, phase: str) -> dict:
     fin = study.finish
     if fin is None or (phase == "search" and not fin.search):
         return {}
-    return {"finish_iterations": fin.iterations, "finish_history": fin.history}
+    return {"finish_iterations": fin.iterations, "finish_history": fin.history,
+            "finish_precision": fin.precision}
 
 
 def _sampler(study, unit):

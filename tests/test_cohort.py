@@ -456,18 +456,21 @@ def test_lbfgs_evaluates_only_the_members_that_need_a_pass():
     assert torch.equal(solo[0], x[0])
 
 
-def test_quasi_newton_finish_lowers_error_and_scores_its_best_weights():
+@pytest.mark.parametrize("precision", ["fp64", "fp32"])
+def test_quasi_newton_finish_lowers_error_and_scores_its_best_weights(precision):
     """The finish continues each completed member's curve past its epochs, only ever
-    improves its best val, and test error is read at the finish's best-val weights."""
+    improves its best val, and test error is read at the finish's best-val weights —
+    in float64 and in the cheaper float32 alike."""
     shape, data = SHAPES["scalar"], make_data()
     spec = MemberSpec("q", seed=4, lr=1e-2)
     runs = {}
     for iters in (0, 60):
         src = ListSource([MemberSpec(**{**spec.__dict__})])
         co = Cohort(shape, data, slots=2, epochs=40, report_every=10, compile=False,
-                    keep_params=True, finish_iterations=iters)
+                    keep_params=True, finish_iterations=iters, finish_precision=precision)
         co.run(src)
         runs[iters] = src.results["q"]
+    assert co.finish_dtype == {"fp64": torch.float64, "fp32": torch.float32}[precision]
     adam, fin = runs[0], runs[60]
     assert fin.epochs == 40 and max(e for e, _ in fin.val_error) == 100
     assert fin.best_val < 0.9 * adam.best_val and fin.best_epoch > 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib.util
 import json
 import re
@@ -17,6 +18,7 @@ import yaml
 from dlor_scale.errors import SpecError
 from dlor_scale.spec import (
     HPARAMS,
+    LOCATION_FIELDS,
     Distribution,
     Study,
     load_study,
@@ -372,6 +374,21 @@ def test_spec_hash_is_sensitive(change):
     base = spec()
     base["families"]["dense"]["width"] = {"min": 2, "max": 32}
     assert parse_study(d, SRC).spec_hash() != parse_study(base, SRC).spec_hash()
+
+
+def test_a_field_added_later_hashes_only_when_set():
+    """finish.precision came after studies were run: at its default (what those specs
+    meant) the hash is the one computed before the field existed, so their folders
+    still resume; set to fp32 it is a different study."""
+    with_finish = spec(finish={"iterations": 50})
+    canon = parse_study(with_finish, SRC).model_dump(mode="json", exclude={"description", *LOCATION_FIELDS})
+    del canon["finish"]["precision"]   # the spec as it dumped before the field existed
+    before = hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=True).encode()).hexdigest()[:12]
+    default = parse_study(with_finish, SRC).spec_hash()
+    explicit = parse_study(spec(finish={"iterations": 50, "precision": "fp64"}), SRC).spec_hash()
+    fp32 = parse_study(spec(finish={"iterations": 50, "precision": "fp32"}), SRC).spec_hash()
+    assert default == explicit == before != fp32
 
 
 def test_spec_hash_ignores_where_the_study_runs():

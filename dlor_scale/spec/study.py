@@ -38,15 +38,26 @@ class EarlyStopping(SpecModel):
     min_delta: Annotated[Float, Field(ge=0, lt=1)] = Field(1e-3, description="relative improvement that counts")
 
 
+#: Fields added after studies were run, hashed only when set away from their default: at
+#: the default they mean what the spec meant before they existed, so an existing study
+#: folder keeps its hash (and relaunching it keeps resuming instead of refusing).
+HASHED_ONLY_IF_SET: dict[tuple[str, ...], object] = {("finish", "precision"): "fp64"}
+
+
 class QuasiNewtonFinish(SpecModel):
-    """Finish members with batched float64 L-BFGS after their Adam epochs: Adam stalls at a
+    """Finish members with batched L-BFGS after their Adam epochs: Adam stalls at a
     size-independent floor that flattens scaling curves; a quasi-Newton finish reaches the
     capacity floor of small nets (Michaud et al. 2023). Costly, so by default only the
-    confirmation runs (the ones a scaling point is read from) are finished."""
+    confirmation runs (the ones a scaling point is read from) are finished.
+
+    ``precision``: float64 (default) is what errors far below float32's resolution need;
+    float32 costs ~1.6× less on CPU and, where errors are ≥ 1e-2, reaches the same points
+    (benchmarks/results/finish_precision.md measured it on the quickstart)."""
 
     iterations: Annotated[Int, Field(ge=1, le=100_000)] = Field(500, description="L-BFGS iterations")
     history: Annotated[Int, Field(ge=1, le=200)] = Field(20, description="(s, y) pairs kept")
     search: bool = Field(False, description="also finish search-phase members")
+    precision: Literal["fp64", "fp32"] = Field("fp64", description="float precision of the finish")
 
 
 class Resources(SpecModel):
@@ -205,6 +216,13 @@ class Study(SpecModel):
         different study, never silently mixed into an existing one.
         """
         data = self.model_dump(mode="json", exclude=set(LOCATION_FIELDS) | {"description"})
+        for path, default in HASHED_ONLY_IF_SET.items():   # studies older than the field
+            *parents, leaf = path
+            node = data
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(leaf) == default:
+                del node[leaf]
         sha = self.data_sha256()
         if sha is not None:
             data["target"]["sha256"] = sha
