@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .scaling import Curves, RecordedCurves, points_from_runs
 from .records import member_runs, study_tracker
+from .studydir import atomic_write_bytes
 from .tracking import Tracker
 from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata
 
@@ -31,13 +32,12 @@ FIT_METHOD = "bc-t/1"
 def study_fit_form(study: str) -> str:
     """The law the study's spec asks for (``fit_form``), read from its ``study.json`` or spec
     file; ``saturating`` when neither is found (e.g. a study known only to MLflow)."""
-    import json
-    import os
+    from .studydir import marker_candidates
     p = Path(study)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         from .spec import load_study
         return load_study(p).fit_form
-    for info in (p / "study.json", Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"):
+    for info in marker_candidates(study):
         try:
             return json.loads(info.read_text())["spec"].get("fit_form", "saturating")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -112,11 +112,9 @@ def export_runs(study: str, out: Path, tracking_uri: str | None = None, *,
     tracker = study_tracker(study, tracking_uri)
     info = study_units(tracker, units)
     table = with_units_metadata(scale_columns(member_runs(tracker), ERROR_COLUMNS, info["factor"]), info)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(Path(out), buf.getvalue().to_pybytes())
     return table
 
 

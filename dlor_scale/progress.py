@@ -44,7 +44,7 @@ class Progress:
         self.refresh()
 
     def mark_done(self, units: list[dict], study_dir: Path) -> None:
-        from .worker import UnitFiles
+        from .studydir import UnitFiles
         for u in units:
             done = UnitFiles(study_dir, u["id"]).read_done()   # corrupt: None, set aside, logged
             if done is not None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import pyarrow as pa
 
 from .errors import DlorError
+from .studydir import marker_candidates
 from .tracking import Tracker
 
 HP_PARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
@@ -82,18 +82,8 @@ def member_runs(tracker: Tracker) -> pa.Table:
 
 def find_study(study: str, tracking_uri: str | None = None) -> tuple[str, str]:
     """(study name, tracking URI) from a name, a study folder, or a spec file."""
-    p = Path(study)
-    info_file = None
-    if p.is_file() and p.suffix in (".yaml", ".yml"):
-        from .spec import load_study
-        info_file = load_study(p).study_dir() / "study.json"
-    elif (p / "study.json").exists():
-        info_file = p / "study.json"
-    else:
-        cand = Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"
-        if cand.exists():
-            info_file = cand
-    if info_file is not None and info_file.exists():
+    info_file = next((c for c in marker_candidates(study) if c.exists()), None)
+    if info_file is not None:
         info = json.loads(info_file.read_text())
         return info["name"], tracking_uri or info["tracking_uri"]
     if tracking_uri is None:

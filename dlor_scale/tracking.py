@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from mlflow.tracking import MlflowClient
 
 from . import __version__
+from .studydir import atomic_write_bytes, parked_record, parked_records, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +344,8 @@ class Tracker:
         """Write a record to the outbox atomically and durably. `fresh` (the member was
         first started by the process parking it) is kept beside the record for the first
         writer to read (`read_parked`); replays never trust it."""
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        path = self.outbox / (_safe_name(record["key"]) + ".json")
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(json.dumps({**record, FRESH: True} if fresh else record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path = parked_record(self.outbox, record["key"])
+        atomic_write_bytes(path, json.dumps({**record, FRESH: True} if fresh else record).encode())
         return path
 
     def send_parked(self, path: Path, fresh_ok: bool = False) -> bool:
@@ -449,10 +444,6 @@ def _new_params(existing, params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in existing.data.params}
 
 
-def _safe_name(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in key)
-
-
 def read_parked(path: Path) -> tuple[dict, bool] | None:
     """A parked record and its `fresh` mark; None if it is gone (written by another pass)
     or unreadable. `park` writes atomically, so only outside damage makes a file
@@ -462,9 +453,7 @@ def read_parked(path: Path) -> tuple[dict, bool] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        bad = path.with_name(path.name + ".corrupt")
-        os.replace(path, bad)
-        log.warning("outbox record %s is unreadable (%s); moved to %s", path, exc, bad)
+        set_aside(path, f"outbox record: {exc}")
         return None
     return record, bool(record.pop(FRESH, False))
 
@@ -492,7 +481,7 @@ class OutboxDrainer:
         self._thread = threading.Thread(target=self._loop, name="mlflow-drainer", daemon=True)
 
     def _parked(self) -> list[Path]:
-        return sorted(self.root.glob("*/*.json")) if self.root.exists() else []
+        return parked_records(self.root)
 
     def drain(self) -> int:
         """One pass over every unit's outbox; returns how many records stay parked. A

@@ -30,7 +30,8 @@ from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan, study_device
 from .tracking import OutboxDrainer, Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
-from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
+from .studydir import StudyDir, UnitFiles, atomic_write_bytes, clean_stray_tmp
+from .worker import unit_dict
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
 
     from .search import db_retry, storage
     study_dir = Path(ctx["study_dir"])
-    marker = study_dir / "study.json"
+    marker = StudyDir(study_dir).marker
     if marker.exists():
         from .spec import read_study_marker
         old = read_study_marker(marker, study.name, DlorError)
@@ -142,8 +143,8 @@ def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
          "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
          "spec": ctx["spec"], "data": ctx.get("data")}, indent=1).encode())
     # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
-    art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
-    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
+    art = StudyDir(study_dir).artifacts.as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
+    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=StudyDir(study_dir).outbox, artifact_location=art)
     tracker.describe_experiment(
         f"dlor-scale study `{study.name}` (spec hash {ctx['spec_hash']}). "
         + (f"{study.description.strip()} " if study.description.strip() else "")
@@ -232,7 +233,7 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
         tune.report({**out, "done": True})
 
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu or 0}
-    storage_path = Path(ctx["study_dir"]) / "tune"
+    storage_path = StudyDir(ctx["study_dir"]).tune
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
         param_space={"unit": tune.grid_search([u["id"] for u in units])},
@@ -304,7 +305,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
     # Units park their members' records; this drains them to MLflow while the phases run,
     # and completely when they end (records earlier launches left parked included).
-    drainer = OutboxDrainer(Tracker(ctx["tracking_uri"], study.name), study_dir / "outbox")
+    drainer = OutboxDrainer(Tracker(ctx["tracking_uri"], study.name), StudyDir(study_dir).outbox)
     try:
         with drainer:
             if progress:
@@ -322,11 +323,10 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             if failed:
                 raise DlorError(f"{len(failed)} confirmation unit(s) failed: {'; '.join(failed)}; "
                                 f"fix the cause and relaunch to continue")
-            (study_dir / "units").mkdir(parents=True, exist_ok=True)
-            (study_dir / "units" / "confirm.complete").touch()
+            StudyDir(study_dir).mark_confirm_complete()
         left = drainer.left
         if left:
-            raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
+            raise DlorError(f"{left} MLflow record(s) still parked in {StudyDir(study_dir).outbox}; relaunch to retry")
         close_member_runs(tracker)
     finally:
         if progress:
@@ -390,7 +390,7 @@ def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
 
 def _confirm_done(study_dir: Path) -> bool:
     """True once a previous launch finished the confirmation phase (marker file)."""
-    return (study_dir / "units" / "confirm.complete").exists()
+    return StudyDir(study_dir).confirm_complete.exists()
 
 
 def unit_totals(study_dir: Path, units: list[dict]) -> dict:
@@ -408,7 +408,7 @@ def unit_totals(study_dir: Path, units: list[dict]) -> dict:
 def flush_all_outboxes(ctx: dict) -> int:
     """Write every record the study's units parked (no unit may be running); returns how
     many remain parked (MLflow down)."""
-    return OutboxDrainer(Tracker(ctx["tracking_uri"], ctx["name"]), Path(ctx["study_dir"]) / "outbox").drain()
+    return OutboxDrainer(Tracker(ctx["tracking_uri"], ctx["name"]), StudyDir(ctx["study_dir"]).outbox).drain()
 
 
 def _fit_study(study, tracker):

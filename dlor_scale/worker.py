@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,182 +20,12 @@ import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
 from .models import Shape, count_params
-from .tracking import Tracker, code_version, failpoint
+from .studydir import StudyDir, UnitFiles, atomic_write_bytes
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 _DATA_CACHE: dict[str, object] = {}
-
-#: Names of the temporary files `atomic_write_bytes` (and the outbox) write before a rename.
-TMP_NAME = re.compile(r".*\.tmp\d+$")
-
-
-def safe(unit_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in unit_id)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, fail_at: str | None = None) -> None:
-    """Write ``path`` all or nothing: a tmp file, fsynced, renamed over it. A process
-    killed in between leaves a stray ``*.tmp<pid>`` (removed by `clean_stray_tmp`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        half = len(data) // 2
-        f.write(data[:half])
-        if fail_at:
-            f.flush()
-            failpoint(fail_at)   # chaos tests: killed in the middle of the write
-        f.write(data[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def clean_stray_tmp(folder: Path) -> list[Path]:
-    """Remove the ``*.tmp<pid>`` files writers killed mid-write left under ``folder``
-    (Ray's own ``tune/`` folder excluded). Call only while nothing of the study runs."""
-    gone = []
-    if not folder.exists():
-        return gone
-    for p in folder.rglob("*.tmp*"):
-        if "tune" in p.relative_to(folder).parts[:1] or not TMP_NAME.fullmatch(p.name) or not p.is_file():
-            continue
-        try:
-            p.unlink()
-            gone.append(p)
-        except OSError:
-            pass
-    if gone:
-        log.info("removed %d stray tmp file(s) under %s", len(gone), folder)
-    return gone
-
-
-def _set_aside(path: Path, why: str, notes: list | None = None) -> None:
-    """Move an unreadable state file to ``<path>.corrupt`` (kept for inspection, never
-    read again: the warning is logged once) and say so, naming the file; the message
-    is also appended to ``notes`` (a unit's summary carries them to the driver)."""
-    bad = path.with_name(path.name + ".corrupt")
-    try:
-        os.replace(path, bad)
-    except FileNotFoundError:
-        return   # another reader set it aside first
-    msg = f"{path} is unreadable ({why}); moved to {bad} and ignored"
-    log.warning("%s", msg)
-    if notes is not None:
-        notes.append(msg)
-
-
-class UnitFiles:
-    """Where a unit keeps its resumable state inside the study directory."""
-
-    def __init__(self, study_dir: Path, unit_id: str):
-        name = safe(unit_id)
-        self.done = study_dir / "units" / f"{name}.done.json"
-        self.checkpoint = study_dir / "checkpoints" / f"{name}.pt"
-        self.ledger = study_dir / "ledger" / f"{name}.jsonl"
-        self.outbox = study_dir / "outbox" / name  # per unit: no two writers share one
-        self.notes: list[str] = []                 # files set aside (see `_set_aside`)
-
-    # ----------------------------------------------------------- done marker
-    def read_done(self) -> dict | None:
-        """The unit's summary if it finished, else None. An empty or corrupt marker
-        (written by hand, or by a tool that is not atomic) does not count as done: it is
-        set aside, logged once with its path, and the unit runs again (a finished unit
-        re-runs in seconds: Optuna and the ledger say every member is done)."""
-        try:
-            raw = self.done.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            _set_aside(self.done, str(e), self.notes)
-            return None
-        try:
-            out = json.loads(raw)
-            if not isinstance(out, dict):
-                raise ValueError(f"a JSON {type(out).__name__}, not an object")
-        except ValueError as e:
-            _set_aside(self.done, "empty" if not raw.strip() else f"not a unit summary: {e}", self.notes)
-            return None
-        return out
-
-    def is_done(self) -> bool:
-        return self.read_done() is not None
-
-    def write_done(self, summary: dict) -> None:
-        atomic_write_bytes(self.done, json.dumps(summary).encode())
-
-    # ----------------------------------------------------------- ledger
-    def ledger_states(self) -> dict[str, str]:
-        """``{member key: state}`` of the finished members. Read tolerantly: one entry per
-        key (the last wins), lines that do not parse (a pre-atomic ledger cut by a kill)
-        skipped with a warning."""
-        try:
-            text = self.ledger.read_text()
-        except FileNotFoundError:
-            return {}
-        out, bad = {}, 0
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-                out[str(e["key"])] = str(e["state"])
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-        if bad:
-            log.warning("%s: %d unreadable line(s) skipped", self.ledger, bad)
-        return out
-
-    def finished_keys(self) -> set[str]:
-        return set(self.ledger_states())
-
-    def append_ledger(self, key: str, state: str) -> None:
-        """Record a finished member exactly once: the ledger is rewritten whole and
-        atomically (a kill leaves the old or the new one, never a cut or doubled line),
-        and a key already there with the same state writes nothing."""
-        entries = self.ledger_states()
-        if entries.get(key) == state:
-            return
-        entries[key] = state
-        atomic_write_bytes(self.ledger, "".join(json.dumps({"key": k, "state": v}) + "\n"
-                                                for k, v in entries.items()).encode())
-
-    # ----------------------------------------------------------- checkpoint
-    def save_checkpoint(self, state: dict) -> None:
-        import io
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint, buf.getvalue(), fail_at="checkpoint.write")
-        failpoint("checkpoint.saved")
-
-    def load_checkpoint(self) -> dict | None:
-        """The unit's cohort checkpoint, or None. A truncated or corrupt one is set aside
-        (logged once with its path) and the unit continues without it: members in flight
-        are retrained from their Optuna trials (search) or the ledger (confirm)."""
-        if not self.checkpoint.exists():
-            return None
-        try:
-            state = torch.load(self.checkpoint, weights_only=False, map_location="cpu")
-            members = state["members"] if isinstance(state, dict) else None
-            if not isinstance(members, list) or not all(
-                    m is None or (isinstance(m, dict) and isinstance(m.get("spec"), dict) and "key" in m["spec"])
-                    for m in members):
-                raise ValueError("not a cohort checkpoint")
-        except FileNotFoundError:
-            return None
-        except Exception as e:  # noqa: BLE001 - torch raises OSError/RuntimeError/EOFError/pickle errors
-            _set_aside(self.checkpoint, f"{type(e).__name__}: {e}; members in flight are retrained",
-                       self.notes)
-            return None
-        return state
-
-    def clean_tmp(self) -> None:
-        """Stray tmp files of this unit (its checkpoint, its outbox): it is not running
-        anywhere else while it starts."""
-        for p in [*self.checkpoint.parent.glob(self.checkpoint.name + ".tmp*"),
-                  *(self.outbox.glob("*.tmp*") if self.outbox.exists() else [])]:
-            if TMP_NAME.fullmatch(p.name):
-                p.unlink(missing_ok=True)
 
 
 class Heartbeat:
@@ -398,7 +227,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                     **_finish_kwargs(study, unit["phase"]))
     settings.update(getattr(cohort, "settings", {}) or {})
     node = node_id()
-    beat = Heartbeat(study_dir / "heartbeats" / f"{safe(unit['id'])}.json",
+    beat = Heartbeat(StudyDir(study_dir).heartbeat(unit["id"]),
                      {"unit": unit["id"], "node": node, "pid": os.getpid()})
     with beat:
         cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from dlor_scale.search import OptunaSource, db_retry
 from dlor_scale.spec import Distribution
 from dlor_scale.tracking import FailpointError, Tracker
-from dlor_scale.worker import UnitFiles, clean_stray_tmp
+from dlor_scale.studydir import UnitFiles, clean_stray_tmp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -119,7 +119,7 @@ def test_sweep_closes_complete_member_runs_left_running(tmp_path, failpoints):
 def test_checkpoint_write_killed_midway_leaves_old_checkpoint_and_a_tmp_that_start_removes(tmp_path):
     files = UnitFiles(tmp_path, "search/dense@100/0")
     files.save_checkpoint({"members": [], "n": 1})
-    code = ("import sys; from pathlib import Path; from dlor_scale.worker import UnitFiles; "
+    code = ("import sys; from pathlib import Path; from dlor_scale.studydir import UnitFiles; "
             "UnitFiles(Path(sys.argv[1]), 'search/dense@100/0').save_checkpoint("
             "{'members': [], 'n': 2, 'pad': b'x' * 100000})")
     env = {**os.environ, "DLOR_FAILPOINTS": "checkpoint.write:kill",

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from .. import budget as budget_solver
 from ..errors import SpecError
 from ..shapes import ACTIVATIONS, FAMILIES
+from ..studydir import StudyDir
 from ..targets import TargetSpec
 from .distributions import HParam, SearchParam
 from .families import FamilySpec, Label
@@ -251,14 +252,14 @@ class Study(SpecModel):
     def resolved_tracking_uri(self) -> str:
         """``tracking_uri``, else env ``MLFLOW_TRACKING_URI``, else SQLite in the study dir."""
         return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                or f"sqlite:///{self.study_dir() / 'mlflow.db'}")
+                or f"sqlite:///{StudyDir(self.study_dir()).mlflow_db}")
 
     def resolved_optuna_storage(self) -> str:
         """``optuna_storage``, else env ``DLOR_OPTUNA_STORAGE``, else an Optuna journal
         file in the study dir (``journal:///…``: ~6× cheaper per report than SQLite and
         safe for several local worker processes; use PostgreSQL for clusters)."""
         return (self.optuna_storage or os.environ.get("DLOR_OPTUNA_STORAGE")
-                or f"journal:///{self.study_dir() / 'optuna.journal'}")
+                or f"journal:///{StudyDir(self.study_dir()).optuna_journal}")
 
 
 def study_json_schema() -> dict:

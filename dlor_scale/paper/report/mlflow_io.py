@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from ...studydir import ARTIFACTS
 from .core import Section, _metric_key
 
 def study_meta(tracker) -> dict:
@@ -134,7 +135,7 @@ def _ensure_experiment(uri: str, experiment: str) -> None:
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(experiment) is None:
         try:
-            client.create_experiment(experiment, artifact_location=(db.parent.resolve() / "artifacts").as_uri())
+            client.create_experiment(experiment, artifact_location=(db.parent.resolve() / ARTIFACTS).as_uri())
         except Exception:  # noqa: BLE001 - a concurrent report created it first
             if client.get_experiment_by_name(experiment) is None:
                 raise
