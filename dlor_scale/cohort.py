@@ -87,7 +87,6 @@ SCHEDULES = ("constant", "cosine")
 #: 10 %: a curve flatter than that is within roughly its own tail of its plateau, small
 #: against the ≥ 40 % error steps between a scaling study's budgets (α ≈ 0.5, P × 2).
 UNDERTRAINED_REL = 0.10
-STATES = ("completed", "pruned", "diverged", "failed")
 PRECISIONS = ("fp32", "tf32", "bf16")
 _STATE_VERSION = 2
 _CACHE_BUDGET_BYTES = 16 << 20   # CPU chunk working set: for w64/L8/B256 (~2 MB of

@@ -38,12 +38,16 @@ from optuna.trial import TrialState
 
 from .optuna_private import append_intermediate_values, create_trial, forget_cached_trials, pop_waiting_trial, trial_id
 from .pruners import PeerPruner
-from .spec.vocabulary import HPARAMS
+from .run_schema import HPARAMS, state_counts
 
 if TYPE_CHECKING:   # cohort imports torch: `validate`/`status` build pruners without it
     from .cohort import MemberResult, MemberSpec
 
 log = logging.getLogger(__name__)
+
+#: Optuna user attribute of a RUNNING trial no unit owns, failed by the driver (`tune.fail_orphan_trials`).
+ORPHAN_ATTR = "dlor.orphan"
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -196,8 +200,7 @@ class OptunaSource:
                     self.told_steps[key] = set(t.intermediate_values)
                 else:
                     self.replay[key] = t
-        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "asked": 0,
-                       "refilled": 0}
+        self.counts = {**state_counts(), "asked": 0, "refilled": 0}
 
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
@@ -414,7 +417,7 @@ def cell_counts(trials) -> dict:
     Orphans (asks cut off before any unit owned them, failed by the driver) were never
     members and are not counted.
     """
-    trials = [t for t in trials if not t.user_attrs.get("dlor.orphan")]
+    trials = [t for t in trials if not t.user_attrs.get(ORPHAN_ATTR)]
     by = {s: 0 for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")}
     pruned_at: dict[int, int] = {}
     refilled = 0
@@ -433,13 +436,6 @@ def format_pruned_at(pruned_at: dict) -> str:
     return " ".join(f"{n}@{step}" for step, n in sorted(pruned_at.items())) or "—"
 
 
-def count_metrics(counts: dict) -> dict[str, float]:
-    """`cell_counts` as flat MLflow metric names (``search.pruned_at_20`` …)."""
-    out = {f"search.{k}": float(v) for k, v in counts.items() if k != "pruned_at"}
-    out.update({f"search.pruned_at_{s}": float(n) for s, n in counts.get("pruned_at", {}).items()})
-    return out
-
-
 class FixedSource:
     """Feeds a fixed list of members (confirmation runs): no Optuna, no pruning."""
 
@@ -447,7 +443,7 @@ class FixedSource:
                  on_result: Callable[[MemberResult], None] | None = None):
         self.pending = [m for m in members if m.key not in skip]
         self.on_result = on_result
-        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
+        self.counts = state_counts()
 
     def next_member(self) -> MemberSpec | None:
         return self.pending.pop(0) if self.pending else None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan, study_device
+from .run_schema import FINISHED_STATES, Kind, Tag
 from .tracking import OutboxDrainer, Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
 from .studydir import StudyDir, UnitFiles, atomic_write_bytes, clean_stray_tmp
@@ -151,9 +152,9 @@ def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
         + "Runs: the study run → one run per cell (family@budget) → one run per member (`t<trial>`: search, "
           "`c<trial>s<seed>`: confirmation; pruned members say so in their name and tag `dlor.pruned`); "
           "`kind=fit` runs hold the scaling-law fits.")
-    parent = tracker.get_or_create_run(study.name, name=study.name, kind="study",
-                                       tags={"dlor.study": study.name, "spec_hash": ctx["spec_hash"],
-                                             "code_version": ctx["code_version"]})
+    parent = tracker.get_or_create_run(study.name, name=study.name, kind=Kind.STUDY,
+                                       tags={Tag.STUDY: study.name, Tag.SPEC_HASH: ctx["spec_hash"],
+                                             Tag.CODE_VERSION: ctx["code_version"]})
     existing = tracker.find_run(study.name)
     if not existing.data.params:
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ctx["spec"].items()}
@@ -162,9 +163,9 @@ def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
     ost = storage(ctx["optuna_storage"])
     for cell in plan.cells:
         ctx["cell_runs"][cell.key] = tracker.get_or_create_run(
-            f"{study.name}/{cell.key}", name=cell.key, kind="cell", parent_id=parent,
-            tags={"dlor.study": study.name, "dlor.cell": cell.key, "dlor.family": cell.family,
-                  "dlor.label": cell.label, "dlor.budget": cell.budget})
+            f"{study.name}/{cell.key}", name=cell.key, kind=Kind.CELL, parent_id=parent,
+            tags={Tag.STUDY: study.name, Tag.CELL: cell.key, Tag.FAMILY: cell.family,
+                  Tag.LABEL: cell.label, Tag.BUDGET: cell.budget})
         ostudy = db_retry(lambda: optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
                                                       direction="minimize", load_if_exists=True),
                           "create the Optuna study")
@@ -181,11 +182,11 @@ def fail_orphan_trials(ostudy) -> int:
     from optuna.trial import TrialState
 
     from .optuna_private import trial_id
-    from .search import db_retry
+    from .search import ORPHAN_ATTR, db_retry
     trials = db_retry(lambda: ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "read trials")
     orphans = [t for t in trials if "unit" not in t.user_attrs]
     for t in orphans:
-        db_retry(lambda t=t: optuna.Trial(ostudy, trial_id(t)).set_user_attr("dlor.orphan", True), "tag a trial")
+        db_retry(lambda t=t: optuna.Trial(ostudy, trial_id(t)).set_user_attr(ORPHAN_ATTR, True), "tag a trial")
         db_retry(lambda t=t: ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True), "fail a trial")
         log.warning("Optuna trial %d of %s was RUNNING without a unit (an ask cut off by a dropped "
                     "connection); marked FAIL", t.number, ostudy.study_name)
@@ -339,7 +340,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     result.experiment_id = tracker.experiment_id
     if fit:
         result.fit = _fit_study(study, tracker)
-        close_member_runs(tracker, kind="fit")
+        close_member_runs(tracker, kind=Kind.FIT)
         describe_fit_runs(tracker)   # unidentified exponents say so in the run (tags, description, name)
     close_cell_runs(ctx, tracker, result.fit)
     tracker.finish(ctx["study_run"])
@@ -360,18 +361,18 @@ def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
             points[f"{row.get('family', fc.family)}@{row['budget']}"] = row
     for key, run_id in ctx["cell_runs"].items():
         row = points.get(key)
-        tags = {"dlor.flags": "no point" if row is None else (row.get("flags") or "none")}
+        tags = {Tag.FLAGS: "no point" if row is None else (row.get("flags") or "none")}
         if row is not None:
             err = row.get("error")
-            tags["dlor.point_error"] = "nan" if err is None or err != err else f"{err:.6g}"
-            tags["dlor.point_n_params"] = row.get("n_params")
+            tags[Tag.POINT_ERROR] = "nan" if err is None or err != err else f"{err:.6g}"
+            tags[Tag.POINT_N_PARAMS] = row.get("n_params")
             if row.get("source"):
-                tags["dlor.point_source"] = str(row["source"])[:250]
+                tags[Tag.POINT_SOURCE] = str(row["source"])[:250]
         tracker.log_batch(run_id, tags=tags)
         tracker.finish(run_id)
 
 
-def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
+def close_member_runs(tracker: Tracker, kind: str = Kind.MEMBER) -> int:
     """Terminate runs of ``kind`` whose record is complete but that were left RUNNING (a
     writer killed between its last batch and ``set_terminated``, in a version whose
     replay did not repair that; a fit whose rerun returns on the complete tag). Returns
@@ -379,8 +380,8 @@ def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
     runs = tracker.runs(kind=kind, extra_filter="attributes.status = 'RUNNING'")
     n = 0
     for r in runs:
-        if r.data.tags.get("dlor.complete") == "1":
-            ok = r.data.tags.get("state", "completed") in ("completed", "pruned")
+        if r.data.tags.get(Tag.COMPLETE) == "1":
+            ok = r.data.tags.get(Tag.STATE, "completed") in FINISHED_STATES
             tracker.finish(r.info.run_id, "FINISHED" if ok else "FAILED")
             n += 1
     if n:

@@ -20,6 +20,7 @@ import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
 from .models import Shape, count_params
+from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, count_metrics, state_counts
 from .studydir import StudyDir, UnitFiles, atomic_write_bytes
 from .tracking import Tracker
 
@@ -88,41 +89,40 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
     spec: MemberSpec = result.spec
     counts = count_params(shape)
     params = {
-        "lr": spec.lr, "weight_decay": spec.weight_decay, "init_scale": spec.init_scale,
-        "beta1": spec.beta1, "beta2": spec.beta2, **{f"hp_{k}": v for k, v in spec.extra.items()},
-        "label": unit["label"], "budget": unit["budget"], "seed": spec.seed,
+        **{k: getattr(spec, k) for k in HPARAMS}, **{f"{Param.HP_PREFIX}{k}": v for k, v in spec.extra.items()},
+        Param.LABEL: unit["label"], Param.BUDGET: unit["budget"], Param.SEED: spec.seed,
         **shape.describe(), **counts.as_params(),
-        "epochs": ctx["epochs"], "batch_size": ctx["batch_size"], "report_every": ctx["report_every"],
-        "metric": ctx["metric"], "threshold": ctx["threshold"],
-        **{f"train_{k}": v for k, v in settings.items()},
+        Param.EPOCHS: ctx["epochs"], Param.BATCH_SIZE: ctx["batch_size"], Param.REPORT_EVERY: ctx["report_every"],
+        Param.METRIC: ctx["metric"], Param.THRESHOLD: ctx["threshold"],
+        **{f"{Param.TRAIN_PREFIX}{k}": v for k, v in settings.items()},
     }
     tags = {
-        "state": result.state, "dlor.study": ctx["name"], "dlor.cell": unit["cell"],
-        "dlor.family": shape.family, "dlor.label": unit["label"], "dlor.budget": unit["budget"],
-        "dlor.phase": unit["phase"], "dlor.unit": unit["id"], "cohort_id": unit["id"],
-        "spec_hash": ctx["spec_hash"], "code_version": ctx["code_version"], "dlor.seed": spec.seed,
-        "optuna.study": unit["optuna_study"],
+        Tag.STATE: result.state, Tag.STUDY: ctx["name"], Tag.CELL: unit["cell"],
+        Tag.FAMILY: shape.family, Tag.LABEL: unit["label"], Tag.BUDGET: unit["budget"],
+        Tag.PHASE: unit["phase"], Tag.UNIT: unit["id"], Tag.COHORT_ID: unit["id"],
+        Tag.SPEC_HASH: ctx["spec_hash"], Tag.CODE_VERSION: ctx["code_version"], Tag.SEED: spec.seed,
+        Tag.OPTUNA_STUDY: unit["optuna_study"],
     }
     if optuna_trial is not None:
-        tags["optuna.trial"] = optuna_trial
+        tags[Tag.OPTUNA_TRIAL] = optuna_trial
     if "confirm_of" in spec.extra:
-        tags["dlor.confirm_of"] = spec.extra["confirm_of"]
-    finals = {"test_error": result.test_error, "best_val": result.best_val,
-              "wall_time_s": result.wall_time_s, "epochs_trained": result.epochs,
-              "best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
-              "undertrained": float(result.undertrained), "baseline_val": result.baseline_val}
+        tags[Tag.CONFIRM_OF] = spec.extra["confirm_of"]
+    finals = {Metric.TEST_ERROR: result.test_error, Metric.BEST_VAL: result.best_val,
+              Metric.WALL_TIME_S: result.wall_time_s, Metric.EPOCHS_TRAINED: result.epochs,
+              Metric.BEST_EPOCH: result.best_epoch, Metric.STOPPED_EARLY: float(result.stopped_early),
+              Metric.UNDERTRAINED: float(result.undertrained), Metric.BASELINE_VAL: result.baseline_val}
     edge = lr_edge(spec.lr, ctx["search_space"].get("lr"))
     if edge:
-        tags["dlor.lr_edge"] = edge
+        tags[Tag.LR_EDGE] = edge
     if result.stopped_early:
-        tags["dlor.stopped_early"] = "1"
+        tags[Tag.STOPPED_EARLY] = "1"
     if result.epochs_to_threshold is not None:
-        finals["epochs_to_threshold"] = result.epochs_to_threshold
+        finals[Metric.EPOCHS_TO_THRESHOLD] = result.epochs_to_threshold
     return {
-        "key": f"{ctx['name']}/{result.key}", "name": result.key.replace("/", " "), "kind": "member",
+        "key": f"{ctx['name']}/{result.key}", "name": result.key.replace("/", " "), "kind": Kind.MEMBER,
         "parent_id": ctx["cell_runs"][unit["cell"]], "params": params, "tags": tags,
-        "curves": {"train_loss": list(result.train_loss), "val_error": list(result.val_error)},
-        "finals": finals, "status": "FINISHED" if result.state in ("completed", "pruned") else "FAILED",
+        "curves": {Metric.TRAIN_LOSS: list(result.train_loss), Metric.VAL_ERROR: list(result.val_error)},
+        "finals": finals, "status": "FINISHED" if result.state in FINISHED_STATES else "FAILED",
         "end_time": int(time.time() * 1000),   # written later by the driver: the run's times are these
     }
 
@@ -171,8 +171,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
     t0 = time.time()
-    progress = {"unit": unit["id"], "cell": unit["cell"], "completed": 0, "pruned": 0,
-                "diverged": 0, "failed": 0}
+    progress = {"unit": unit["id"], "cell": unit["cell"], **state_counts()}
     # Member states over *all* attempts of the unit (the ledger), so a resumed unit
     # reports (and its done marker sums) every member, not only this attempt's.
     states = files.ledger_states()
@@ -180,11 +179,11 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     def publish(result: MemberResult):
         files.append_ledger(result.key, result.state)
         states[result.key] = result.state
-        progress.update(_state_counts(states.values()))
+        progress.update(state_counts(states.values()))
         if report is not None:
             report({**progress, "elapsed_s": time.time() - t0, "done": False})
 
-    progress.update(_state_counts(states.values()))
+    progress.update(state_counts(states.values()))
 
     if unit["phase"] == "search":
         ostudy = db_retry(lambda: optuna.load_study(
@@ -234,7 +233,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
                    resume=resume)
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
-        progress.update(_state_counts(source.member_states(states).values()))
+        progress.update(state_counts(source.member_states(states).values()))
         _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "node": node,
            "resumed": resume is not None,
@@ -244,13 +243,6 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         out["notes"] = list(files.notes)
     files.write_done(out)   # every member's record is parked: the driver writes it
     files.checkpoint.unlink(missing_ok=True)
-    return out
-
-
-def _state_counts(states) -> dict[str, int]:
-    out = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
-    for s in states:
-        out[s] = out.get(s, 0) + 1
     return out
 
 
@@ -284,7 +276,7 @@ def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
     """
     import logging
 
-    from .search import cell_counts, count_metrics
+    from .search import cell_counts
     run_id = ctx.get("cell_runs", {}).get(unit["cell"])
     if run_id is None:
         return

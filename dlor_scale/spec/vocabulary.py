@@ -14,11 +14,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
+from ..run_schema import HPARAMS  # noqa: F401 - the trainer consumes these; anything else in ``search_space`` is a typo
 from ..shapes import FAMILIES
 
 
-#: Hyperparameters the trainer consumes; anything else in ``search_space`` is a typo.
-HPARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
 #: Valid range of each hyperparameter: (low, high, low_inclusive, high_inclusive).
 HPARAM_DOMAINS = {
     "lr": (0.0, math.inf, False, False),

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from ...run_schema import Metric
 from ...studydir import ARTIFACTS
 from .core import Section, _metric_key
 
@@ -39,7 +40,7 @@ def _history(tracker, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int | None,
-                          key: str = "val_error"):
+                          key: str = Metric.VAL_ERROR):
     """Add ``val_error_at_<E>`` columns: each member's validation error after E epochs.
 
     Why: the paper reports the error after 5,000 *and* 50,000 epochs (Fig. 4a/b); one
@@ -64,7 +65,7 @@ def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int 
 
 
 
-def add_final_train_loss(df, tracker, key: str = "train_loss"):
+def add_final_train_loss(df, tracker, key: str = Metric.TRAIN_LOSS):
     """Add ``train_loss_final``: the last logged training loss of each member.
 
     Why: Fig. 6 is about generalisation, which is the gap between this and the test
