@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
+from .context import RunContext
 from .models import Shape, count_params
 from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, count_metrics, state_counts
 from .studydir import StudyDir, UnitFiles, atomic_write_bytes
@@ -83,24 +84,25 @@ def dataset_for(study, base_dir: Path):
     return _DATA_CACHE[key]
 
 
-def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
+def member_record(ctx: RunContext, unit: dict, shape: Shape, result: MemberResult, *,
                   optuna_trial: int | None, settings: dict) -> dict:
     """Everything MLflow keeps about one member, keyed for exactly-once writes."""
     spec: MemberSpec = result.spec
+    study = ctx.study
     counts = count_params(shape)
     params = {
         **{k: getattr(spec, k) for k in HPARAMS}, **{f"{Param.HP_PREFIX}{k}": v for k, v in spec.extra.items()},
         Param.LABEL: unit["label"], Param.BUDGET: unit["budget"], Param.SEED: spec.seed,
         **shape.describe(), **counts.as_params(),
-        Param.EPOCHS: ctx["epochs"], Param.BATCH_SIZE: ctx["batch_size"], Param.REPORT_EVERY: ctx["report_every"],
-        Param.METRIC: ctx["metric"], Param.THRESHOLD: ctx["threshold"],
+        Param.EPOCHS: study.epochs, Param.BATCH_SIZE: study.batch_size, Param.REPORT_EVERY: study.report_every,
+        Param.METRIC: study.metric, Param.THRESHOLD: study.threshold,
         **{f"{Param.TRAIN_PREFIX}{k}": v for k, v in settings.items()},
     }
     tags = {
-        Tag.STATE: result.state, Tag.STUDY: ctx["name"], Tag.CELL: unit["cell"],
+        Tag.STATE: result.state, Tag.STUDY: study.name, Tag.CELL: unit["cell"],
         Tag.FAMILY: shape.family, Tag.LABEL: unit["label"], Tag.BUDGET: unit["budget"],
         Tag.PHASE: unit["phase"], Tag.UNIT: unit["id"], Tag.COHORT_ID: unit["id"],
-        Tag.SPEC_HASH: ctx["spec_hash"], Tag.CODE_VERSION: ctx["code_version"], Tag.SEED: spec.seed,
+        Tag.SPEC_HASH: ctx.spec_hash, Tag.CODE_VERSION: ctx.code_version, Tag.SEED: spec.seed,
         Tag.OPTUNA_STUDY: unit["optuna_study"],
     }
     if optuna_trial is not None:
@@ -111,7 +113,7 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
               Metric.WALL_TIME_S: result.wall_time_s, Metric.EPOCHS_TRAINED: result.epochs,
               Metric.BEST_EPOCH: result.best_epoch, Metric.STOPPED_EARLY: float(result.stopped_early),
               Metric.UNDERTRAINED: float(result.undertrained), Metric.BASELINE_VAL: result.baseline_val}
-    edge = lr_edge(spec.lr, ctx["search_space"].get("lr"))
+    edge = lr_edge(spec.lr, study.search_space.get("lr"))
     if edge:
         tags[Tag.LR_EDGE] = edge
     if result.stopped_early:
@@ -119,8 +121,8 @@ def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
     if result.epochs_to_threshold is not None:
         finals[Metric.EPOCHS_TO_THRESHOLD] = result.epochs_to_threshold
     return {
-        "key": f"{ctx['name']}/{result.key}", "name": result.key.replace("/", " "), "kind": Kind.MEMBER,
-        "parent_id": ctx["cell_runs"][unit["cell"]], "params": params, "tags": tags,
+        "key": f"{study.name}/{result.key}", "name": result.key.replace("/", " "), "kind": Kind.MEMBER,
+        "parent_id": ctx.cell_runs[unit["cell"]], "params": params, "tags": tags,
         "curves": {Metric.TRAIN_LOSS: list(result.train_loss), Metric.VAL_ERROR: list(result.val_error)},
         "finals": finals, "status": "FINISHED" if result.state in FINISHED_STATES else "FAILED",
         "end_time": int(time.time() * 1000),   # written later by the driver: the run's times are these
@@ -143,7 +145,7 @@ def lr_edge(lr: float, dist, frac: float = 0.05) -> str:
     return "low" if t <= frac else "high" if t >= 1 - frac else ""
 
 
-def run_unit(ctx: dict, unit: dict, report=None) -> dict:
+def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
     """Train one unit to completion (resuming if needed); returns its state counts.
 
     `report(dict)` receives progress after every finished member (Tune's report when
@@ -152,21 +154,19 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     import optuna
 
     from .search import FixedSource, OptunaSource, db_retry, storage
-    from .spec import parse_study
 
-    study = parse_study(ctx["spec"], ctx["source"])
-    study_dir = Path(ctx["study_dir"])
+    study, study_dir = ctx.study, ctx.study_dir
     files = UnitFiles(study_dir, unit["id"])
     done = files.read_done()
     if done is not None:
         return done
     files.clean_tmp()
-    torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
-    data = dataset_for(study, Path(ctx["base_dir"]))
+    torch.set_num_threads(max(1, ctx.threads))
+    data = dataset_for(study, ctx.base_dir)
     shape = Shape(**unit["shape"])
     # Member records are only parked here (durably); the driver's `OutboxDrainer` writes
     # them to MLflow, so no MLflow traffic competes with this trial's training.
-    tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=files.outbox)
+    tracker = Tracker(ctx.tracking_uri, study.name, outbox=files.outbox)
     resume = files.load_checkpoint()
     in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
@@ -187,7 +187,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
 
     if unit["phase"] == "search":
         ostudy = db_retry(lambda: optuna.load_study(
-            study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]),
+            study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage),
             sampler=_sampler(study, unit), pruner=_pruner(study),
         ), "load the Optuna study")
         # running best val of members resumed mid-training (pruners judge best-so-far)
@@ -199,9 +199,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
             publish(result)
 
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
-        source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=ctx["search_space"],
-                              quota=unit["quota"], base_seed=ctx["seed"], in_flight=in_flight,
-                              final_epoch=ctx["epochs"], on_result=on_result, resume_best=resume_best)
+        source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=study.search_space,
+                              quota=unit["quota"], base_seed=study.seed, in_flight=in_flight,
+                              final_epoch=study.epochs, on_result=on_result, resume_best=resume_best)
     else:
         members = [MemberSpec(**m) for m in unit["members"]]
 
@@ -217,9 +217,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         slots = study_slots(study, shape, unit.get("quota") or len(unit.get("members", [])),
                             n_train=len(data.x_train))
     settings["slots"] = slots
-    cohort = Cohort(shape, data, slots=slots, epochs=ctx["epochs"], report_every=ctx["report_every"],
-                    batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
-                    device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"],
+    cohort = Cohort(shape, data, slots=slots, epochs=study.epochs, report_every=study.report_every,
+                    batch_size=study.batch_size, metric=study.metric, threshold=study.threshold,
+                    device=ctx.device, compile=study.compile, precision=study.precision,
                     schedule=study.schedule, lr_floor=study.lr_floor,
                     patience=study.early_stopping.patience if study.early_stopping else None,
                     min_delta=study.early_stopping.min_delta if study.early_stopping else 0.0,
@@ -229,7 +229,7 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     beat = Heartbeat(StudyDir(study_dir).heartbeat(unit["id"]),
                      {"unit": unit["id"], "node": node, "pid": os.getpid()})
     with beat:
-        cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
+        cohort.run(source, checkpoint_every=study.checkpoint_every, on_checkpoint=files.save_checkpoint,
                    resume=resume)
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
@@ -266,7 +266,7 @@ def _pruner(study):
     return make_pruner(study.pruner, epochs=study.epochs, report_every=study.report_every)
 
 
-def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
+def _record_cell_counts(tracker, ctx: RunContext, unit: dict, ostudy) -> None:
     """Log the cell's search counts (asked, running, completed, pruned and at which
     epochs, refilled; from Optuna, the source of truth) on its MLflow cell run.
 
@@ -277,7 +277,7 @@ def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
     import logging
 
     from .search import cell_counts
-    run_id = ctx.get("cell_runs", {}).get(unit["cell"])
+    run_id = ctx.cell_runs.get(unit["cell"])
     if run_id is None:
         return
     try:

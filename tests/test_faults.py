@@ -353,12 +353,11 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     plan = make_plan(study)
     data = check_study_data(study)
     study = study.with_data_pinned(data.get("sha256"))
-    ctx = build_context(study, plan, source, threads=1)
-    ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())
-    tracker = prepare_stores(study, plan, ctx)
+    ctx = build_context(study, source, threads=1, data=data)
+    tracker, ctx = prepare_stores(ctx, plan)
     [unit] = search_units(study, plan)
     assert unit["quota"] == 4 and unit["slots"] == 2
-    files = UnitFiles(Path(ctx["study_dir"]), unit["id"])
+    files = UnitFiles(ctx.study_dir, unit["id"])
 
     # attempt 1: the first wave finishes, then the connection drops between the refill's
     # ask and its sampling; the driver's drain of its records dies between batch and terminate
@@ -368,7 +367,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     assert not files.is_done() and len(files.ledger_states()) == 2
     assert tracker.runs(kind="member") == []          # the trial only parks
     assert flush_all_outboxes(ctx) == 2               # the first write died: the pass stops
-    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
+    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage))
     assert [(t.number, t.state.name, sorted(t.params)) for t in ost.get_trials()][2] == (2, "RUNNING", [])
     # attempt 2: the trial gets its parameters; the unit dies after a checkpoint of the second wave
     failpoints("checkpoint.saved:raise:1:1")
@@ -392,7 +391,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
         {k: out[k] for k in ("completed", "pruned", "diverged", "failed", "asked")}
     assert again["model_steps"] == 0
 
-    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
+    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage))
     trials = ost.get_trials()
     assert len(trials) == 4 and all(t.state.is_finished() and "lr" in t.params for t in trials)
     assert flush_all_outboxes(ctx) == 0
@@ -406,13 +405,13 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
         assert len(steps) == len(set(steps)) == 4
     # the confirmation unit: killed writing the checkpoint after its members finished; retrained from
     # the previous one, its ledger stays one line per member
-    [cunit] = confirm_units(study, plan, storage(ctx["optuna_storage"]))
+    [cunit] = confirm_units(study, plan, storage(ctx.optuna_storage))
     failpoints("checkpoint.write:raise:1:3")
     with pytest.raises(FailpointError):
         run_unit(ctx, cunit)
     failpoints()
     cout = run_unit(ctx, cunit)
-    cfiles = UnitFiles(Path(ctx["study_dir"]), cunit["id"])
+    cfiles = UnitFiles(ctx.study_dir, cunit["id"])
     keys = [json.loads(x)["key"] for x in cfiles.ledger.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 2
     assert cout["completed"] + cout["diverged"] + cout["failed"] == 2
