@@ -7,7 +7,6 @@ non-zero exit code (2 for bad specs/data), and raised before anything is started
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -190,7 +189,8 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
         import optuna
         from optuna.trial import TrialState
 
-        from .search import cell_counts, format_pruned_at, storage
+        from .search import cell_counts, format_pruned_at
+        from .storages import storage
         from .studydir import StudyDir
         info = _study_info(study)
         ost = storage(info["optuna_storage"])

@@ -80,7 +80,8 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
     from optuna.trial import TrialState
 
     from .optuna_private import trial_id
-    from .search import db_retry, member_seed, member_spec
+    from .search import member_seed, member_spec
+    from .storages import db_retry
     if study.confirm is None:
         return []
     units = []
@@ -118,7 +119,7 @@ def prepare_stores(ctx: RunContext, plan: Plan) -> tuple[Tracker, RunContext]:
     returns the tracker and ``ctx`` with the run ids."""
     import optuna
 
-    from .search import db_retry, storage
+    from .storages import db_retry, storage
     study, study_dir, spec = ctx.study, ctx.study_dir, ctx.study.model_dump(mode="json")
     marker = StudyDir(study_dir).marker
     if marker.exists():
@@ -176,7 +177,8 @@ def fail_orphan_trials(ostudy) -> int:
     from optuna.trial import TrialState
 
     from .optuna_private import trial_id
-    from .search import ORPHAN_ATTR, db_retry
+    from .search import ORPHAN_ATTR
+    from .storages import db_retry
     trials = db_retry(lambda: ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "read trials")
     orphans = [t for t in trials if "unit" not in t.user_attrs]
     for t in orphans:
@@ -273,7 +275,7 @@ def _cause(err) -> str:
 def launch(study, source: str, *, address: str | None = None, progress=None, fit: bool = True,
            cpus: float | None = None) -> LaunchResult:
     """Run (or continue) a study end to end. Relaunching continues where it stopped."""
-    from .search import storage
+    from .storages import storage
 
     from .spec import check_locations
     check_locations(study)   # never a system folder, a foreign folder or another kind of store

@@ -153,7 +153,8 @@ def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
     """
     import optuna
 
-    from .search import FixedSource, OptunaSource, db_retry, storage
+    from .search import FixedSource, OptunaSource
+    from .storages import db_retry, storage
 
     study, study_dir = ctx.study, ctx.study_dir
     files = UnitFiles(study_dir, unit["id"])

@@ -23,7 +23,8 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from dlor_scale.search import OptunaSource, db_retry
+from dlor_scale.search import OptunaSource
+from dlor_scale.storages import db_retry
 from dlor_scale.spec import Distribution
 from dlor_scale.tracking import FailpointError, Tracker
 from dlor_scale.studydir import UnitFiles, clean_stray_tmp
@@ -49,9 +50,9 @@ def failpoints(monkeypatch, tmp_path):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    import dlor_scale.search as search
-    monkeypatch.setattr(search, "DB_BASE_DELAY", 0.01)
-    monkeypatch.setattr(search, "DB_MAX_DELAY", 0.02)
+    import dlor_scale.storages as storages
+    monkeypatch.setattr(storages, "DB_BASE_DELAY", 0.01)
+    monkeypatch.setattr(storages, "DB_MAX_DELAY", 0.02)
 
 
 def _tracker(tmp_path) -> Tracker:
@@ -148,7 +149,7 @@ SPACE = {"lr": Distribution(type="float", low=1e-3, high=1e-1, log=True), "weigh
 
 
 def _ostudy(tmp_path, name="cell"):
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     st = storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     return optuna.create_study(study_name=name, storage=st, direction="minimize", load_if_exists=True,
                                sampler=optuna.samplers.RandomSampler(seed=0))
@@ -224,7 +225,7 @@ def test_transient_storage_errors_are_retried_and_a_landed_create_is_adopted(tmp
 def test_only_transient_storage_errors_count_as_transient():
     import sqlalchemy.exc as sa
 
-    from dlor_scale.search import transient_db_error
+    from dlor_scale.storages import transient_db_error
 
     def wrapped(cause):
         try:
@@ -344,7 +345,7 @@ def _tiny_study(tmp_path):
 
 def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp_path, failpoints):
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     from dlor_scale.targets import check_study_data
     from dlor_scale.tune import build_context, confirm_units, flush_all_outboxes, prepare_stores, search_units
     from dlor_scale.worker import run_unit

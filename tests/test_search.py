@@ -401,7 +401,7 @@ def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path)
     from typer.testing import CliRunner
 
     from dlor_scale.cli import app
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
 
     url = f"journal:///{tmp_path / 'optuna.journal'}"
     (tmp_path / "study.json").write_text(json.dumps({"name": "st", "optuna_storage": url,
@@ -446,7 +446,7 @@ def test_study_refills_get_their_own_runs_and_the_cell_run_carries_the_counts(tm
     from test_study_e2e import TINY
 
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     from dlor_scale.spec import load_study
     from dlor_scale.tune import launch
 

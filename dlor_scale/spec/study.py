@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import budget as budget_solver
 from ..errors import SpecError
+from ..run_schema import HPARAMS
 from ..shapes import ACTIVATIONS, FAMILIES
 from ..studydir import StudyDir
 from ..targets import TargetSpec
@@ -20,7 +21,7 @@ from .distributions import HParam, SearchParam
 from .families import FamilySpec, Label
 from .locations import expand_user
 from .sampler_pruner import PrunerSpec, SamplerSpec, SuccessiveHalvingPrunerSpec, TPESamplerSpec
-from .vocabulary import (HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt, PosInt,
+from .vocabulary import (LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt, PosInt,
                          PosIntOrAuto, SpecModel, invalid)
 
 

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
-from ..run_schema import HPARAMS  # noqa: F401 - the trainer consumes these; anything else in ``search_space`` is a typo
 from ..shapes import FAMILIES
 
 
