@@ -53,7 +53,7 @@ def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int 
     cols = {e: [] for e in epochs}
     for _, row in df.iterrows():
         hist = _history(tracker, row["run_id"], key)
-        scale = _step_scale(hist, row.get("epochs_trained"), report_every)
+        scale = _step_scale(hist, row.get(Metric.EPOCHS_TRAINED), report_every)
         for e in epochs:
             before = [v for s, v in hist if s * scale <= e]
             reached = hist and hist[-1][0] * scale >= e
