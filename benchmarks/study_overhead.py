@@ -205,7 +205,7 @@ def part_dlor(cfg: dict) -> dict:
     from mlflow.tracking import MlflowClient
 
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     import optuna
     client = MlflowClient(res.tracking_uri)
     exp = client.get_experiment_by_name(study.name)
@@ -402,6 +402,8 @@ def part_anatomy(cfg: dict) -> dict:
 
     import dlor_scale.search as search
     import dlor_scale.tracking as tracking
+    import dlor_scale.storages as storages
+    import dlor_scale.studydir as studydir
     import dlor_scale.worker as worker
     from dlor_scale.plan import make_plan
     from dlor_scale.spec import load_study
@@ -414,8 +416,7 @@ def part_anatomy(cfg: dict) -> dict:
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         study = load_study(path)
         plan = make_plan(study)
-        ctx = build_context(study, plan, str(path), threads=1)
-        prepare_stores(study, plan, ctx)
+        _, ctx = prepare_stores(build_context(study, str(path), threads=1), plan)
         return study, ctx, next(u for u in search_units(study, plan) if u["cell"] == cfg["anatomy_cell"])
 
     t: dict[str, list] = {}
@@ -450,7 +451,7 @@ def part_anatomy(cfg: dict) -> dict:
     timed(search.OptunaSource, "on_finish", "optuna tell + record submit (on_finish)")
     timed(tracking.Tracker, "park", "MLflow record parked in outbox (fsync)")
     timed(tracking.Tracker, "record_run", "MLflow record_run (driver drain, after the unit)")
-    timed(worker.UnitFiles, "save_checkpoint", "cohort checkpoint (torch.save+fsync)")
+    timed(studydir.UnitFiles, "save_checkpoint", "cohort checkpoint (torch.save+fsync)")
     t0 = time.perf_counter()
     out = worker.run_unit(ctx, unit)
     wall = time.perf_counter() - t0
@@ -485,7 +486,7 @@ def part_anatomy(cfg: dict) -> dict:
     per_member_timers = {k: [len(v), sum(v)] for k, v in t.items()}
     t.clear()
     t.update(timers_batched)
-    ost = optuna.load_study(study_name=unit["optuna_study"], storage=search.storage(ctx["optuna_storage"]))
+    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storages.storage(ctx.optuna_storage))
     pruned = [tr for tr in ost.get_trials(deepcopy=False) if tr.state == TrialState.PRUNED]
     pruned_last = sum(max(tr.intermediate_values, default=0) >= study.epochs for tr in pruned)
 

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 
 from .scaling import Curves, RecordedCurves, points_from_runs
 from .records import member_runs, study_tracker
+from .run_schema import FitMetric, Kind, Tag, fit_metric
+from .studydir import atomic_write_bytes
 from .tracking import Tracker
 from .units import ERROR_COLUMNS, scale_columns, study_units, with_units_metadata
 
@@ -31,13 +33,12 @@ FIT_METHOD = "bc-t/1"
 def study_fit_form(study: str) -> str:
     """The law the study's spec asks for (``fit_form``), read from its ``study.json`` or spec
     file; ``saturating`` when neither is found (e.g. a study known only to MLflow)."""
-    import json
-    import os
+    from .studydir import marker_candidates
     p = Path(study)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         from .spec import load_study
         return load_study(p).fit_form
-    for info in (p / "study.json", Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"):
+    for info in marker_candidates(study):
         try:
             return json.loads(info.read_text())["spec"].get("fit_form", "saturating")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -88,7 +89,7 @@ def recorded_fit(tracker: Tracker, points: pa.Table, *, form: str, n_boot: int =
     """The complete recorded fit run of exactly these points and settings, or None (none
     recorded, incomplete, or its artifacts unreadable: the caller refits)."""
     run = tracker.find_run(fit_run_key(tracker.experiment_name, points, form=form, n_boot=n_boot, seed=seed))
-    if run is None or run.data.tags.get("dlor.complete") != "1":
+    if run is None or run.data.tags.get(Tag.COMPLETE) != "1":
         return None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on stderr
     try:
@@ -112,11 +113,9 @@ def export_runs(study: str, out: Path, tracking_uri: str | None = None, *,
     tracker = study_tracker(study, tracking_uri)
     info = study_units(tracker, units)
     table = with_units_metadata(scale_columns(member_runs(tracker), ERROR_COLUMNS, info["factor"]), info)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(Path(out), buf.getvalue().to_pybytes())
     return table
 
 
@@ -146,30 +145,33 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
     curves = Curves.from_points(points, form=form, n_boot=n_boot, seed=seed, study=study_name)
     key = fit_run_key(study_name, points, form=form, n_boot=n_boot, seed=seed)
     existing = tracker.find_run(key)
-    if existing is not None and existing.data.tags.get("dlor.complete") == "1":
+    if existing is not None and existing.data.tags.get(Tag.COMPLETE) == "1":
         return curves
     parent = tracker.find_run(study_name)
     table = curves.to_pandas()
+    F = FitMetric
     finals = {}
     for _, row in table.iterrows():
         fam = row["family"]
-        for k in ("alpha", "alpha_lo", "alpha_hi", "E", "A", "extrapolation_max_rel_err"):
-            finals[f"{fam}.{k}"] = row[k]
+        # the curves table's columns carry the metric suffixes' names
+        for k in (F.ALPHA, F.ALPHA_LO, F.ALPHA_HI, F.E, F.A, F.EXTRAPOLATION_MAX_REL_ERR):
+            finals[fit_metric(fam, k)] = row[k]
         ok = row["extrapolation_ok"]  # True / False / None ("n/a" → NaN, never a pass)
-        finals[f"{fam}.extrapolation_ok"] = math.nan if ok is None or ok != ok else float(bool(ok))
-        finals[f"{fam}.alpha_identified"] = float(bool(row["alpha_identified"]))
-        finals[f"{fam}.n_excluded"] = float(len(row["excluded_budgets"]))
+        finals[fit_metric(fam, F.EXTRAPOLATION_OK)] = math.nan if ok is None or ok != ok else float(bool(ok))
+        finals[fit_metric(fam, F.ALPHA_IDENTIFIED)] = float(bool(row["alpha_identified"]))
+        finals[fit_metric(fam, F.N_EXCLUDED)] = float(len(row["excluded_budgets"]))
     comps = comparisons(curves)
     for name, c in comps.items():
         if "delta_alpha" in c:
             pair = name.replace(' ', '_')  # not `key`: that is the run's key (it was overwritten)
-            finals[f"{pair}.delta_alpha"] = c["delta_alpha"]
-            finals[f"{pair}.identified"] = float(bool(c.get("identified")))
+            finals[fit_metric(pair, F.DELTA_ALPHA)] = c["delta_alpha"]
+            finals[fit_metric(pair, F.IDENTIFIED)] = float(bool(c.get("identified")))
             if c.get("delta_alpha_ci"):
-                finals[f"{pair}.delta_alpha_lo"], finals[f"{pair}.delta_alpha_hi"] = c["delta_alpha_ci"]
-    run_id = tracker.get_or_create_run(key, name=f"fit {form}", kind="fit",
+                finals[fit_metric(pair, F.DELTA_ALPHA_LO)], finals[fit_metric(pair, F.DELTA_ALPHA_HI)] = \
+                    c["delta_alpha_ci"]
+    run_id = tracker.get_or_create_run(key, name=f"fit {form}", kind=Kind.FIT,
                                        parent_id=parent.info.run_id if parent else None,
-                                       tags={"dlor.study": study_name, "fit.form": form})
+                                       tags={Tag.STUDY: study_name, Tag.FIT_FORM: form})
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         pq.write_table(points, d / "points.parquet")
@@ -180,7 +182,7 @@ def fit_and_record(study_name: str, tracker: Tracker, *, form: str = "saturating
             tracker.client.log_artifact(run_id, str(d / f))
     tracker.log_batch(run_id, params={"form": form, "n_boot": n_boot, "seed": seed,
                                       "families": ",".join(curves.families)},
-                      tags={"dlor.complete": "1"}, metrics=[(k, v, 0) for k, v in finals.items()])
+                      tags={Tag.COMPLETE: "1"}, metrics=[(k, v, 0) for k, v in finals.items()])
     tracker.finish(run_id)
     return curves
 

@@ -7,7 +7,6 @@ non-zero exit code (2 for bad specs/data), and raised before anything is started
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -72,7 +71,7 @@ def plan_table(plan) -> Table:
 
 def _is_done_marker(path: Path) -> bool:
     """A unit's done marker counts only when it holds a summary (a JSON object): an empty or
-    corrupt one is re-run by the next launch (`worker.UnitFiles.read_done`). Read-only here:
+    corrupt one is re-run by the next launch (`studydir.UnitFiles.read_done`). Read-only here:
     `status` never moves files."""
     try:
         return isinstance(json.loads(path.read_bytes()), dict)
@@ -144,7 +143,8 @@ def launch(
             out.print(f"tracking: {study.resolved_tracking_uri()}\noptuna:   {study.resolved_optuna_storage()}",
                       markup=False, highlight=False)
             return
-        marker = study.study_dir() / "study.json"
+        from .studydir import StudyDir
+        marker = StudyDir(study.study_dir()).marker
         if resume and not marker.exists():
             raise DlorError(f"--resume: no study {study.name!r} in {study.study_dir()} to resume")
         from .progress import Progress
@@ -171,11 +171,8 @@ def launch(
 
 def _study_info(study: str) -> dict:
     """Find a study by spec file, study folder, or name under the output dir."""
-    p = Path(study)
-    candidates = []
-    if p.is_file() and p.suffix in (".yaml", ".yml"):
-        candidates.append(_load(p).study_dir() / "study.json")
-    candidates += [p / "study.json", Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"]
+    from .studydir import marker_candidates
+    candidates = marker_candidates(study)
     for c in candidates:
         if c.exists():
             info = json.loads(c.read_text())
@@ -192,7 +189,9 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
         import optuna
         from optuna.trial import TrialState
 
-        from .search import cell_counts, format_pruned_at, storage
+        from .search import cell_counts, format_pruned_at
+        from .storages import storage
+        from .studydir import StudyDir
         info = _study_info(study)
         ost = storage(info["optuna_storage"])
         t = Table(title=escape(f"study {info['name']}"))
@@ -210,10 +209,11 @@ def status(study: str = typer.Argument(..., help="study name, folder, or spec fi
                       format_pruned_at(c["pruned_at"]), str(c["refilled"]), str(c["failed"]),
                       "—" if best is None else f"{best:.4g}")
         out.print(t)
-        done = sum(_is_done_marker(p) for p in (Path(info["study_dir"]) / "units").glob("*.done.json"))
+        folder = StudyDir(info["study_dir"])
+        done = sum(_is_done_marker(p) for p in folder.done_markers())
         out.print(f"{done} cohort units finished; tracking: {info['tracking_uri']}", markup=False)
         import time
-        for hb in sorted((Path(info["study_dir"]) / "heartbeats").glob("*.json")):
+        for hb in folder.heartbeats():
             try:
                 beat = json.loads(hb.read_text())
             except (OSError, ValueError):

@@ -88,7 +88,6 @@ SCHEDULES = ("constant", "cosine")
 #: 10 %: a curve flatter than that is within roughly its own tail of its plateau, small
 #: against the ≥ 40 % error steps between a scaling study's budgets (α ≈ 0.5, P × 2).
 UNDERTRAINED_REL = 0.10
-STATES = ("completed", "pruned", "diverged", "failed")
 PRECISIONS = ("fp32", "tf32", "bf16")
 FINISH_DTYPES = {"fp64": torch.float64, "fp32": torch.float32}   # L-BFGS finish precisions
 _STATE_VERSION = 2

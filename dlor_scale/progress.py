@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-STATES = ("completed", "pruned", "diverged", "failed")
+from .run_schema import MEMBER_STATES
 
 
 class Progress:
@@ -44,7 +44,7 @@ class Progress:
         self.refresh()
 
     def mark_done(self, units: list[dict], study_dir: Path) -> None:
-        from .worker import UnitFiles
+        from .studydir import UnitFiles
         for u in units:
             done = UnitFiles(study_dir, u["id"]).read_done()   # corrupt: None, set aside, logged
             if done is not None:
@@ -73,9 +73,9 @@ class Progress:
 
     # -------------------------------------------------------------- view
     def counts(self) -> dict:
-        c = {s: 0 for s in STATES}
+        c = {s: 0 for s in MEMBER_STATES}
         for r in self.latest.values():
-            for s in STATES:
+            for s in MEMBER_STATES:
                 c[s] += int(r.get(s, 0))
         return c
 

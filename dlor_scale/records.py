@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import pyarrow as pa
 
 from .errors import DlorError
+from .run_schema import HPARAMS, Kind, Metric, Param, Tag
+from .studydir import marker_candidates
 from .tracking import Tracker
 
-HP_PARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
 _INT = lambda v: None if v in (None, "", "None") else int(float(v))  # noqa: E731
 _FLOAT = lambda v: math.nan if v in (None, "", "None") else float(v)  # noqa: E731
 
@@ -33,41 +33,33 @@ _FLOAT = lambda v: math.nan if v in (None, "", "None") else float(v)  # noqa: E7
 def member_runs(tracker: Tracker) -> pa.Table:
     """Every member run of the study as an Arrow table (schema in the module doc)."""
     rows = []
-    for r in tracker.runs(kind="member"):
+    for r in tracker.runs(kind=Kind.MEMBER):
         p, t, m = r.data.params, r.data.tags, r.data.metrics
         row = {
-            "run_id": r.info.run_id, "study": t.get("dlor.study"), "cell": t.get("dlor.cell"),
-            "family": t.get("dlor.label", t.get("dlor.family")), "model_family": t.get("dlor.family"),
-            "budget": _INT(t.get("dlor.budget")), "n_params_total": _INT(p.get("n_params_total")),
-            "phase": t.get("dlor.phase"), "state": t.get("state"),
-            "optuna_trial": _INT(t.get("optuna.trial")), "seed": _INT(p.get("seed")),
-            "test_error": _FLOAT(m.get("test_error")), "best_val": _FLOAT(m.get("best_val")),
-            "epochs_to_threshold": _FLOAT(m.get("epochs_to_threshold")),
-            "epochs_trained": _FLOAT(m.get("epochs_trained")), "wall_time_s": _FLOAT(m.get("wall_time_s")),
-            "best_epoch": _FLOAT(m.get("best_epoch")), "stopped_early": _FLOAT(m.get("stopped_early")),
-            "undertrained": _FLOAT(m.get("undertrained")), "baseline_val": _FLOAT(m.get("baseline_val")),
-            "lr_edge": t.get("dlor.lr_edge", ""),
-            "confirm_of": _INT(t.get("dlor.confirm_of")),
-            "width": _INT(p.get("width")), "depth": _INT(p.get("depth")), "rank": _INT(p.get("rank")),
-            "branches": _INT(p.get("branches")), "diag": p.get("diag"), "activation": p.get("activation"),
+            "run_id": r.info.run_id, "study": t.get(Tag.STUDY), "cell": t.get(Tag.CELL),
+            "family": t.get(Tag.LABEL, t.get(Tag.FAMILY)), "model_family": t.get(Tag.FAMILY),
+            "budget": _INT(t.get(Tag.BUDGET)), "n_params_total": _INT(p.get(Param.N_PARAMS_TOTAL)),
+            "phase": t.get(Tag.PHASE), "state": t.get(Tag.STATE),
+            "optuna_trial": _INT(t.get(Tag.OPTUNA_TRIAL)), "seed": _INT(p.get(Param.SEED)),
+            **{k: _FLOAT(m.get(k)) for k in Metric.FINALS},   # each final is a column of its own name
+            "lr_edge": t.get(Tag.LR_EDGE, ""),
+            "confirm_of": _INT(t.get(Tag.CONFIRM_OF)),
+            **{k: _INT(p.get(k)) for k in Param.SHAPE_INTS}, **{k: p.get(k) for k in Param.SHAPE_STRS},
         }
-        for k in HP_PARAMS:
+        for k in HPARAMS:
             row[f"param_{k}"] = _FLOAT(p.get(k))
         for k, v in p.items():
-            if k.startswith("hp_"):
-                row[f"param_{k[3:]}"] = v
+            if k.startswith(Param.HP_PREFIX):
+                row[f"param_{k[len(Param.HP_PREFIX):]}"] = v
         rows.append(row)
     schema = pa.schema([
         ("run_id", pa.string()), ("study", pa.string()), ("cell", pa.string()), ("family", pa.string()),
         ("model_family", pa.string()), ("budget", pa.int64()), ("n_params_total", pa.int64()),
         ("phase", pa.string()), ("state", pa.string()), ("optuna_trial", pa.int64()), ("seed", pa.int64()),
-        ("test_error", pa.float64()), ("best_val", pa.float64()), ("epochs_to_threshold", pa.float64()),
-        ("epochs_trained", pa.float64()), ("wall_time_s", pa.float64()),
-        ("best_epoch", pa.float64()), ("stopped_early", pa.float64()), ("undertrained", pa.float64()),
-        ("baseline_val", pa.float64()), ("lr_edge", pa.string()), ("confirm_of", pa.int64()),
-        ("width", pa.int64()), ("depth", pa.int64()), ("rank", pa.int64()), ("branches", pa.int64()),
-        ("diag", pa.string()), ("activation", pa.string()),
-        *[(f"param_{k}", pa.float64()) for k in HP_PARAMS],
+        *[(k, pa.float64()) for k in Metric.FINALS],
+        ("lr_edge", pa.string()), ("confirm_of", pa.int64()),
+        *[(k, pa.int64()) for k in Param.SHAPE_INTS], *[(k, pa.string()) for k in Param.SHAPE_STRS],
+        *[(f"param_{k}", pa.float64()) for k in HPARAMS],
     ])
     extra = sorted({k for r in rows for k in r} - set(schema.names))
     for k in extra:
@@ -82,18 +74,8 @@ def member_runs(tracker: Tracker) -> pa.Table:
 
 def find_study(study: str, tracking_uri: str | None = None) -> tuple[str, str]:
     """(study name, tracking URI) from a name, a study folder, or a spec file."""
-    p = Path(study)
-    info_file = None
-    if p.is_file() and p.suffix in (".yaml", ".yml"):
-        from .spec import load_study
-        info_file = load_study(p).study_dir() / "study.json"
-    elif (p / "study.json").exists():
-        info_file = p / "study.json"
-    else:
-        cand = Path(os.environ.get("DLOR_OUTPUT_DIR", "runs")) / study / "study.json"
-        if cand.exists():
-            info_file = cand
-    if info_file is not None and info_file.exists():
+    info_file = next((c for c in marker_candidates(study) if c.exists()), None)
+    if info_file is not None:
         info = json.loads(info_file.read_text())
         return info["name"], tracking_uri or info["tracking_uri"]
     if tracking_uri is None:

@@ -20,7 +20,8 @@ liar so the asks of one wave spread out; the first wave is TPE's random startup,
 every later ask sees every told result, pruned ones included.
 
 The cell's sampler and pruner are built by `samplers.make_sampler` and
-`pruners.make_pruner`; this module holds the storage and the sources.
+`pruners.make_pruner`, its storage opened by `storages.storage`; this module holds the
+sources.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import datetime
 import hashlib
 import logging
 import math
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import optuna
@@ -38,71 +37,18 @@ from optuna.trial import TrialState
 
 from .optuna_private import append_intermediate_values, create_trial, forget_cached_trials, pop_waiting_trial, trial_id
 from .pruners import PeerPruner
-from .spec.vocabulary import HPARAMS
+from .run_schema import HPARAMS, state_counts
+from .storages import db_retry
 
 if TYPE_CHECKING:   # cohort imports torch: `validate`/`status` build pruners without it
     from .cohort import MemberResult, MemberSpec
 
 log = logging.getLogger(__name__)
+
+#: Optuna user attribute of a RUNNING trial no unit owns, failed by the driver (`tune.fail_orphan_trials`).
+ORPHAN_ATTR = "dlor.orphan"
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna storage for a URL.
-
-    ``journal:///abs/path`` is an Optuna journal file (append-only log with file
-    locks: the embedded default, fast and multi-process safe on one machine); any
-    other URL is an SQLAlchemy URL for RDB storage (SQLite, PostgreSQL), set up to
-    survive concurrent writers and dropped connections.
-    """
-    if url.startswith("journal://"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-        path = url[len("journal://"):]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    if url.startswith("sqlite"):
-        kw = {"connect_args": {"timeout": 60}}
-    else:
-        kw = {"pool_pre_ping": True}
-    return db_retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kw), "connect to the Optuna storage")
-
-
-def transient_db_error(exc: BaseException) -> bool:
-    """A dropped/terminated connection, a timeout or a lock: worth retrying (a bad URL,
-    a file that is not a database, or a constraint violation is not). Optuna wraps
-    SQLAlchemy errors raised in a commit as ``StorageInternalError`` (judged by cause)."""
-    import sqlalchemy.exc as sa
-    if isinstance(exc, optuna.exceptions.StorageInternalError):
-        return exc.__cause__ is None or transient_db_error(exc.__cause__)
-    return isinstance(exc, (ConnectionError, TimeoutError, sa.OperationalError, sa.InterfaceError,
-                            sa.DisconnectionError, sa.TimeoutError, sa.PendingRollbackError))
-
-
-#: Backoff of `db_retry`: 0.5, 1, 2, 4, 8, 8, ... s; ~60 s in all before giving up.
-DB_ATTEMPTS, DB_BASE_DELAY, DB_MAX_DELAY = 10, 0.5, 8.0
-
-
-def db_retry(fn: Callable, what: str, *, attempts: int | None = None, on_retry: Callable | None = None):
-    """``fn()``, retried with exponential backoff on transient storage errors (a
-    PostgreSQL backend terminated, a restart, a lock). ``fn`` must be safe to repeat;
-    ``on_retry()``, if given, runs before each retry (to check whether the failed call
-    landed after all). Other errors propagate at once."""
-    n = attempts or DB_ATTEMPTS
-    for i in range(n):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001
-            if i == n - 1 or not transient_db_error(exc):
-                raise
-            delay = min(DB_BASE_DELAY * 2 ** i, DB_MAX_DELAY)
-            log.warning("Optuna storage: %s failed (%s: %s); retrying in %.1fs", what,
-                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", delay)
-            time.sleep(delay)
-            if on_retry is not None:
-                out = on_retry()
-                if out is not None:
-                    return out
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -196,8 +142,7 @@ class OptunaSource:
                     self.told_steps[key] = set(t.intermediate_values)
                 else:
                     self.replay[key] = t
-        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0, "asked": 0,
-                       "refilled": 0}
+        self.counts = {**state_counts(), "asked": 0, "refilled": 0}
 
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
@@ -414,7 +359,7 @@ def cell_counts(trials) -> dict:
     Orphans (asks cut off before any unit owned them, failed by the driver) were never
     members and are not counted.
     """
-    trials = [t for t in trials if not t.user_attrs.get("dlor.orphan")]
+    trials = [t for t in trials if not t.user_attrs.get(ORPHAN_ATTR)]
     by = {s: 0 for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")}
     pruned_at: dict[int, int] = {}
     refilled = 0
@@ -433,13 +378,6 @@ def format_pruned_at(pruned_at: dict) -> str:
     return " ".join(f"{n}@{step}" for step, n in sorted(pruned_at.items())) or "—"
 
 
-def count_metrics(counts: dict) -> dict[str, float]:
-    """`cell_counts` as flat MLflow metric names (``search.pruned_at_20`` …)."""
-    out = {f"search.{k}": float(v) for k, v in counts.items() if k != "pruned_at"}
-    out.update({f"search.pruned_at_{s}": float(n) for s, n in counts.get("pruned_at", {}).items()})
-    return out
-
-
 class FixedSource:
     """Feeds a fixed list of members (confirmation runs): no Optuna, no pruning."""
 
@@ -447,7 +385,7 @@ class FixedSource:
                  on_result: Callable[[MemberResult], None] | None = None):
         self.pending = [m for m in members if m.key not in skip]
         self.on_result = on_result
-        self.counts = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
+        self.counts = state_counts()
 
     def next_member(self) -> MemberSpec | None:
         return self.pending.pop(0) if self.pending else None

@@ -30,12 +30,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric as MlflowMetric, Param, RunTag
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from mlflow.tracking import MlflowClient
 
 from . import __version__
+from .run_schema import FitMetric, Kind, Metric, Tag, fit_metric
+from .studydir import atomic_write_bytes, parked_record, parked_records, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ FRESH = "_fresh"
 #: kind; the 3.17 OSS UI ignores it and follows a workflow type: the URL's ``workflowType``,
 #: else the browser's saved GenAI / Model training switch, else GenAI (no server knob), so
 #: `ui_url`'s link carries ``workflowType=machine_learning``.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}
 UI_RUNS_QUERY = "workflowType=machine_learning"
 
 
@@ -79,24 +81,24 @@ def member_run_name(key: str, tags: dict) -> str:
     distinct where the UI cuts them, then its state unless completed (``t3 pruned``) and
     its cell (``t3 pruned · dlor_deep@120``), so the name is unique in the whole study."""
     short = key.rsplit("/", 1)[-1]
-    state = str(tags.get("state") or "")
+    state = str(tags.get(Tag.STATE) or "")
     mark = "" if state in ("", "completed") else f" {state}"
-    cell = tags.get("dlor.cell")
+    cell = tags.get(Tag.CELL)
     return f"{short}{mark} · {cell}" if cell else f"{short}{mark}"
 
 
 def member_note(key: str, tags: dict, finals: dict) -> str:
     """A member run's description (markdown): what it is and how it ended, in words."""
-    state = str(tags.get("state") or "?")
+    state = str(tags.get(Tag.STATE) or "?")
     short = key.rsplit("/", 1)[-1]
-    phase = tags.get("dlor.phase", "?")
-    trial = tags.get("optuna.trial")
-    epochs = finals.get("epochs_trained")
-    wall = finals.get("wall_time_s")
-    lines = [f"**{short}** — {phase} member of cell `{tags.get('dlor.cell', '?')}`"
+    phase = tags.get(Tag.PHASE, "?")
+    trial = tags.get(Tag.OPTUNA_TRIAL)
+    epochs = finals.get(Metric.EPOCHS_TRAINED)
+    wall = finals.get(Metric.WALL_TIME_S)
+    lines = [f"**{short}** — {phase} member of cell `{tags.get(Tag.CELL, '?')}`"
              + (f", Optuna trial {trial}" if trial is not None else "")
-             + (f", confirmation of trial {tags['dlor.confirm_of']}" if "dlor.confirm_of" in tags else "")
-             + f", seed {tags.get('dlor.seed', '?')}."]
+             + (f", confirmation of trial {tags[Tag.CONFIRM_OF]}" if Tag.CONFIRM_OF in tags else "")
+             + f", seed {tags.get(Tag.SEED, '?')}."]
     if state == "pruned":
         lines.append(f"**PRUNED** by the Optuna pruner after {_num(epochs)} epochs: its curves stop there "
                      f"and its scores are not a trained result.")
@@ -224,7 +226,7 @@ class Tracker:
                      what="get experiment")
         want = dict(EXPERIMENT_KIND)
         if text:
-            want["mlflow.note.content"] = text
+            want[Tag.NOTE] = text
         for k, v in want.items():
             if exp.tags.get(k) != v:
                 _retry(lambda k=k, v=v: self.client.set_experiment_tag(self.experiment_id, k, v),
@@ -232,7 +234,7 @@ class Tracker:
 
     def find_run(self, key: str):
         runs = _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`dlor.key` = '{key}'", max_results=2,
+            [self.experiment_id], filter_string=f"tags.`{Tag.KEY}` = '{key}'", max_results=2,
         ), attempts=self.attempts, what="search run")
         if len(runs) > 1:
             log.warning("more than one run has key %s; using the oldest", key)
@@ -245,9 +247,9 @@ class Tracker:
         existing = self.find_run(key)
         if existing is not None:
             return existing.info.run_id
-        all_tags = {"dlor.key": key, "kind": kind, **{k: str(v) for k, v in (tags or {}).items()}}
+        all_tags = {Tag.KEY: key, Tag.KIND: kind, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_id:
-            all_tags["mlflow.parentRunId"] = parent_id
+            all_tags[Tag.PARENT_RUN_ID] = parent_id
         run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags),
                      attempts=self.attempts, what="create run")
         return run.info.run_id
@@ -261,7 +263,7 @@ class Tracker:
         ts = int(timestamp or time.time() * 1000)
         p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
         t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        m = [Metric(k, float(v), ts, int(s)) for k, v, s in metrics if _finite(v)]
+        m = [MlflowMetric(k, float(v), ts, int(s)) for k, v, s in metrics if _finite(v)]
         ft = [RunTag(k, str(v)) for k, v in (final_tags or {}).items()]
         while p or t or m or ft:
             cp, p = p[:MAX_PARAMS], p[MAX_PARAMS:]
@@ -294,25 +296,25 @@ class Tracker:
         is when the member finished: the record may be written long after (by the driver),
         and the run's start, end and metric times must be the training's, not the write's.
         """
-        if kind == "member":   # readable in the UI: short distinct name, state marker, description
+        if kind == Kind.MEMBER:   # readable in the UI: short distinct name, state marker, description
             name = member_run_name(key, tags)
-            tags = {**tags, "mlflow.note.content": member_note(key, tags, finals)}
-            if tags.get("state") == "pruned":
-                tags["dlor.pruned"] = "1"
+            tags = {**tags, Tag.NOTE: member_note(key, tags, finals)}
+            if tags.get(Tag.STATE) == "pruned":
+                tags[Tag.PRUNED] = "1"
         existing = None if fresh else self.find_run(key)
-        if existing is not None and existing.data.tags.get("dlor.complete") == "1":
+        if existing is not None and existing.data.tags.get(Tag.COMPLETE) == "1":
             # Everything is in, but a writer killed between the last batch and
             # set_terminated leaves the run RUNNING: the replay terminates it.
             if existing.info.status != status:
                 self.finish(existing.info.run_id, status, end_time)
             return existing.info.run_id
         if existing is None:
-            all_tags = {"dlor.key": key, "kind": kind, **{k: str(v) for k, v in tags.items()}}
+            all_tags = {Tag.KEY: key, Tag.KIND: kind, **{k: str(v) for k, v in tags.items()}}
             if parent_id:
-                all_tags["mlflow.parentRunId"] = parent_id
+                all_tags[Tag.PARENT_RUN_ID] = parent_id
             # Started when its training started: the run's duration in the UI is the member's
             # training, not the few milliseconds of this write.
-            wall = finals.get("wall_time_s")
+            wall = finals.get(Metric.WALL_TIME_S)
             start = (int((end_time or time.time() * 1000) - float(wall) * 1000)
                      if wall is not None and _finite(wall) and float(wall) >= 0 else None)
             run_id = _retry(lambda: self.client.create_run(self.experiment_id, start_time=start, run_name=name,
@@ -332,7 +334,7 @@ class Tracker:
                 metrics.append((mkey, v, 0))
         # `dlor.complete` rides in the last batch: it is set only once everything is in.
         self.log_batch(run_id, params=params if fresh else _new_params(existing, params),
-                       tags={} if fresh else tags, metrics=metrics, final_tags={"dlor.complete": "1"},
+                       tags={} if fresh else tags, metrics=metrics, final_tags={Tag.COMPLETE: "1"},
                        timestamp=end_time)
         failpoint("mlflow.complete")
         self.finish(run_id, status, end_time)
@@ -343,14 +345,8 @@ class Tracker:
         """Write a record to the outbox atomically and durably. `fresh` (the member was
         first started by the process parking it) is kept beside the record for the first
         writer to read (`read_parked`); replays never trust it."""
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        path = self.outbox / (_safe_name(record["key"]) + ".json")
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(json.dumps({**record, FRESH: True} if fresh else record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path = parked_record(self.outbox, record["key"])
+        atomic_write_bytes(path, json.dumps({**record, FRESH: True} if fresh else record).encode())
         return path
 
     def send_parked(self, path: Path, fresh_ok: bool = False) -> bool:
@@ -374,7 +370,7 @@ class Tracker:
         """All runs of the study (paged), optionally of one kind."""
         filt = []
         if kind:
-            filt.append(f"tags.kind = '{kind}'")
+            filt.append(f"tags.{Tag.KIND} = '{kind}'")
         if extra_filter:
             filt.append(extra_filter)
         out, token = [], None
@@ -396,35 +392,37 @@ def describe_fit_runs(tracker: Tracker) -> int:
     family is not identified, a run name that says so. Read from the run's own metrics
     (``<family>.alpha_identified`` ...), so it is idempotent and works for any fit run.
     Returns how many runs were changed."""
+    F = FitMetric
+    alpha_ok, ok = "." + F.ALPHA_IDENTIFIED, "." + F.IDENTIFIED
     changed = 0
-    for r in tracker.runs(kind="fit"):
+    for r in tracker.runs(kind=Kind.FIT):
         m, t = r.data.metrics, r.data.tags
-        fams = sorted(k[: -len(".alpha_identified")] for k in m if k.endswith(".alpha_identified"))
+        fams = sorted(k[: -len(alpha_ok)] for k in m if k.endswith(alpha_ok))
         if not fams:
             continue
-        bad = [f for f in fams if not m[f"{f}.alpha_identified"]]
-        lines = [f"Scaling-law fit ({t.get('fit.form', r.data.params.get('form', '?'))}) of study "
-                 f"`{t.get('dlor.study', tracker.experiment_name)}`."]
+        bad = [f for f in fams if not m[fit_metric(f, F.ALPHA_IDENTIFIED)]]
+        lines = [f"Scaling-law fit ({t.get(Tag.FIT_FORM, r.data.params.get('form', '?'))}) of study "
+                 f"`{t.get(Tag.STUDY, tracker.experiment_name)}`."]
         for f in fams:
+            lo, hi = fit_metric(f, F.ALPHA_LO), fit_metric(f, F.ALPHA_HI)
             if f in bad:
                 lines.append(f"- **{f}: α NOT IDENTIFIED** — its bootstrap CI spans the fit's bounds, so the "
-                             f"recorded `{f}.alpha` and its CI are not an estimate.")
+                             f"recorded `{fit_metric(f, F.ALPHA)}` and its CI are not an estimate.")
             else:
-                ci = (f" [{m[f + '.alpha_lo']:.3g}, {m[f + '.alpha_hi']:.3g}]"
-                      if f"{f}.alpha_lo" in m and f"{f}.alpha_hi" in m else "")
-                lines.append(f"- {f}: α = {m.get(f + '.alpha', math.nan):.3g}{ci}")
+                ci = f" [{m[lo]:.3g}, {m[hi]:.3g}]" if lo in m and hi in m else ""
+                lines.append(f"- {f}: α = {m.get(fit_metric(f, F.ALPHA), math.nan):.3g}{ci}")
         for k in sorted(m):
-            if k.endswith(".identified") and not k.endswith(".alpha_identified"):
-                pair = k[: -len(".identified")].replace("_vs_", " vs ")
+            if k.endswith(ok) and not k.endswith(alpha_ok):
+                pair = k[: -len(ok)]
                 if not m[k]:
-                    lines.append(f"- Δα {pair}: **not identified** (an exponent is not)")
-                elif k[: -len(".identified")] + ".delta_alpha" in m:
-                    lines.append(f"- Δα {pair}: {m[k[: -len('.identified')] + '.delta_alpha']:.3g}")
-        tags = {"dlor.identified": "all" if not bad else ("none" if len(bad) == len(fams) else "partial"),
-                "dlor.not_identified": ",".join(bad) or "none",
-                "mlflow.note.content": "\n".join(lines)}
-        base = t.get("mlflow.runName", "fit").split(" · ")[0]
-        tags["mlflow.runName"] = f"{base} · not identified: {', '.join(bad)}" if bad else base
+                    lines.append(f"- Δα {pair.replace('_vs_', ' vs ')}: **not identified** (an exponent is not)")
+                elif fit_metric(pair, F.DELTA_ALPHA) in m:
+                    lines.append(f"- Δα {pair.replace('_vs_', ' vs ')}: {m[fit_metric(pair, F.DELTA_ALPHA)]:.3g}")
+        tags = {Tag.IDENTIFIED: "all" if not bad else ("none" if len(bad) == len(fams) else "partial"),
+                Tag.NOT_IDENTIFIED: ",".join(bad) or "none",
+                Tag.NOTE: "\n".join(lines)}
+        base = t.get(Tag.RUN_NAME, "fit").split(" · ")[0]
+        tags[Tag.RUN_NAME] = f"{base} · not identified: {', '.join(bad)}" if bad else base
         new = {k: v for k, v in tags.items() if t.get(k) != v}
         if new:
             tracker.log_batch(r.info.run_id, tags=new)
@@ -449,10 +447,6 @@ def _new_params(existing, params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in existing.data.params}
 
 
-def _safe_name(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in key)
-
-
 def read_parked(path: Path) -> tuple[dict, bool] | None:
     """A parked record and its `fresh` mark; None if it is gone (written by another pass)
     or unreadable. `park` writes atomically, so only outside damage makes a file
@@ -462,9 +456,7 @@ def read_parked(path: Path) -> tuple[dict, bool] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        bad = path.with_name(path.name + ".corrupt")
-        os.replace(path, bad)
-        log.warning("outbox record %s is unreadable (%s); moved to %s", path, exc, bad)
+        set_aside(path, f"outbox record: {exc}")
         return None
     return record, bool(record.pop(FRESH, False))
 
@@ -492,7 +484,7 @@ class OutboxDrainer:
         self._thread = threading.Thread(target=self._loop, name="mlflow-drainer", daemon=True)
 
     def _parked(self) -> list[Path]:
-        return sorted(self.root.glob("*/*.json")) if self.root.exists() else []
+        return parked_records(self.root)
 
     def drain(self) -> int:
         """One pass over every unit's outbox; returns how many records stay parked. A

@@ -23,14 +23,17 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .context import RunContext
 from .errors import DataError, DlorError, SpecError
 from .plan import Plan, make_plan, study_device
+from .run_schema import FINISHED_STATES, Kind, Tag
 from .tracking import OutboxDrainer, Tracker, code_version, describe_fit_runs
 from .units import check_same_data, scale_params
-from .worker import UnitFiles, atomic_write_bytes, clean_stray_tmp, unit_dict
+from .studydir import StudyDir, UnitFiles, atomic_write_bytes, clean_stray_tmp
+from .worker import unit_dict
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +51,13 @@ class LaunchResult:
 
 # ----------------------------------------------------------------------------- context
 
-def build_context(study, plan: Plan, source: str, *, threads: int) -> dict:
-    """Everything a worker needs, as plain data (shipped once via Tune's object store)."""
-    study_dir = study.study_dir()
-    return {
-        "name": study.name, "spec": study.model_dump(mode="json"), "source": source,
-        "base_dir": str(Path(source).resolve().parent) if source and Path(source).exists() else str(Path.cwd()),
-        "study_dir": str(study_dir), "spec_hash": study.spec_hash(), "code_version": code_version(),
-        "tracking_uri": study.resolved_tracking_uri(), "optuna_storage": study.resolved_optuna_storage(),
-        "search_space": {k: v for k, v in study.search_space.items()},
-        "epochs": study.epochs, "batch_size": study.batch_size, "report_every": study.report_every,
-        "metric": study.metric, "threshold": study.threshold, "seed": study.seed,
-        "device": study_device(study), "compile": study.compile, "precision": study.precision,
-        "checkpoint_every": study.checkpoint_every, "threads": threads, "cell_runs": {},
-        "cohort_size": study.cohort_size, "gpu": study.resources.gpu or 0,
-    }
+def build_context(study, source: str, *, threads: int, data: dict | None = None) -> RunContext:
+    """Everything a worker needs, but the MLflow run ids (`prepare_stores` adds them)."""
+    return RunContext(
+        study=study, source=source, study_dir=study.study_dir(), base_dir=Path(study.base_dir).resolve(),
+        spec_hash=study.spec_hash(), code_version=code_version(), tracking_uri=study.resolved_tracking_uri(),
+        optuna_storage=study.resolved_optuna_storage(), device=study_device(study), threads=threads, data=data,
+    )
 
 
 def search_units(study, plan: Plan) -> list[dict]:
@@ -85,7 +80,8 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
     from optuna.trial import TrialState
 
     from .optuna_private import trial_id
-    from .search import db_retry, member_seed, member_spec
+    from .search import member_seed, member_spec
+    from .storages import db_retry
     if study.confirm is None:
         return []
     units = []
@@ -118,57 +114,58 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
 
 # ----------------------------------------------------------------------------- stores
 
-def prepare_stores(study, plan: Plan, ctx: dict) -> Tracker:
-    """Create (or find) the experiment, the study/cell runs and the per-cell Optuna studies."""
+def prepare_stores(ctx: RunContext, plan: Plan) -> tuple[Tracker, RunContext]:
+    """Create (or find) the experiment, the study/cell runs and the per-cell Optuna studies;
+    returns the tracker and ``ctx`` with the run ids."""
     import optuna
 
-    from .search import db_retry, storage
-    study_dir = Path(ctx["study_dir"])
-    marker = study_dir / "study.json"
+    from .storages import db_retry, storage
+    study, study_dir, spec = ctx.study, ctx.study_dir, ctx.study.model_dump(mode="json")
+    marker = StudyDir(study_dir).marker
     if marker.exists():
         from .spec import read_study_marker
         old = read_study_marker(marker, study.name, DlorError)
-        check_same_data(old, ctx.get("data"), study.name, study_dir)
-        if old.get("spec_hash") != ctx["spec_hash"]:
+        check_same_data(old, ctx.data, study.name, study_dir)
+        if old.get("spec_hash") != ctx.spec_hash:
             raise SpecError(
-                f"{ctx['source']}: study {study.name!r} already exists in {study_dir} with a different "
-                f"spec (hash {old.get('spec_hash')} ≠ {ctx['spec_hash']}); rename the study or remove the folder"
+                f"{ctx.source}: study {study.name!r} already exists in {study_dir} with a different "
+                f"spec (hash {old.get('spec_hash')} ≠ {ctx.spec_hash}); rename the study or remove the folder"
             )
     from .spec import check_study_folder
     check_study_folder(study, study_dir)   # checked again right before the folder is written
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(marker, json.dumps(
-        {"name": study.name, "spec_hash": ctx["spec_hash"], "source": ctx["source"],
-         "tracking_uri": ctx["tracking_uri"], "optuna_storage": ctx["optuna_storage"],
-         "spec": ctx["spec"], "data": ctx.get("data")}, indent=1).encode())
+        {"name": study.name, "spec_hash": ctx.spec_hash, "source": ctx.source,
+         "tracking_uri": ctx.tracking_uri, "optuna_storage": ctx.optuna_storage,
+         "spec": spec, "data": ctx.data}, indent=1).encode())
     # SQLite stores keep artifacts beside the database (MLflow would use the cwd).
-    art = (study_dir / "artifacts").as_uri() if ctx["tracking_uri"].startswith("sqlite") else None
-    tracker = Tracker(ctx["tracking_uri"], study.name, outbox=study_dir / "outbox", artifact_location=art)
+    art = StudyDir(study_dir).artifacts.as_uri() if ctx.tracking_uri.startswith("sqlite") else None
+    tracker = Tracker(ctx.tracking_uri, study.name, outbox=StudyDir(study_dir).outbox, artifact_location=art)
     tracker.describe_experiment(
-        f"dlor-scale study `{study.name}` (spec hash {ctx['spec_hash']}). "
+        f"dlor-scale study `{study.name}` (spec hash {ctx.spec_hash}). "
         + (f"{study.description.strip()} " if study.description.strip() else "")
         + "Runs: the study run → one run per cell (family@budget) → one run per member (`t<trial>`: search, "
           "`c<trial>s<seed>`: confirmation; pruned members say so in their name and tag `dlor.pruned`); "
           "`kind=fit` runs hold the scaling-law fits.")
-    parent = tracker.get_or_create_run(study.name, name=study.name, kind="study",
-                                       tags={"dlor.study": study.name, "spec_hash": ctx["spec_hash"],
-                                             "code_version": ctx["code_version"]})
+    parent = tracker.get_or_create_run(study.name, name=study.name, kind=Kind.STUDY,
+                                       tags={Tag.STUDY: study.name, Tag.SPEC_HASH: ctx.spec_hash,
+                                             Tag.CODE_VERSION: ctx.code_version})
     existing = tracker.find_run(study.name)
     if not existing.data.params:
-        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ctx["spec"].items()}
-        tracker.log_batch(parent, params={**flat, **scale_params(ctx.get("data"))})
-    ctx["study_run"] = parent
-    ost = storage(ctx["optuna_storage"])
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in spec.items()}
+        tracker.log_batch(parent, params={**flat, **scale_params(ctx.data)})
+    cell_runs = {}
+    ost = storage(ctx.optuna_storage)
     for cell in plan.cells:
-        ctx["cell_runs"][cell.key] = tracker.get_or_create_run(
-            f"{study.name}/{cell.key}", name=cell.key, kind="cell", parent_id=parent,
-            tags={"dlor.study": study.name, "dlor.cell": cell.key, "dlor.family": cell.family,
-                  "dlor.label": cell.label, "dlor.budget": cell.budget})
+        cell_runs[cell.key] = tracker.get_or_create_run(
+            f"{study.name}/{cell.key}", name=cell.key, kind=Kind.CELL, parent_id=parent,
+            tags={Tag.STUDY: study.name, Tag.CELL: cell.key, Tag.FAMILY: cell.family,
+                  Tag.LABEL: cell.label, Tag.BUDGET: cell.budget})
         ostudy = db_retry(lambda: optuna.create_study(study_name=cell.optuna_study_name(study.name), storage=ost,
                                                       direction="minimize", load_if_exists=True),
                           "create the Optuna study")
         fail_orphan_trials(ostudy)
-    return tracker
+    return tracker, replace(ctx, study_run=parent, cell_runs=cell_runs)
 
 
 def fail_orphan_trials(ostudy) -> int:
@@ -180,11 +177,12 @@ def fail_orphan_trials(ostudy) -> int:
     from optuna.trial import TrialState
 
     from .optuna_private import trial_id
-    from .search import db_retry
+    from .search import ORPHAN_ATTR
+    from .storages import db_retry
     trials = db_retry(lambda: ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), "read trials")
     orphans = [t for t in trials if "unit" not in t.user_attrs]
     for t in orphans:
-        db_retry(lambda t=t: optuna.Trial(ostudy, trial_id(t)).set_user_attr("dlor.orphan", True), "tag a trial")
+        db_retry(lambda t=t: optuna.Trial(ostudy, trial_id(t)).set_user_attr(ORPHAN_ATTR, True), "tag a trial")
         db_retry(lambda t=t: ostudy.tell(t.number, state=TrialState.FAIL, skip_if_finished=True), "fail a trial")
         log.warning("Optuna trial %d of %s was RUNNING without a unit (an ask cut off by a dropped "
                     "connection); marked FAIL", t.number, ostudy.study_name)
@@ -209,7 +207,7 @@ def _init_ray(address: str | None, study_dir: Path, cpus: float | None):
     return True
 
 
-def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> list[str]:
+def _run_phase(units: list[dict], ctx: RunContext, study, phase: str, progress) -> list[str]:
     """Run units as Tune trials; returns the ids of units that failed for good."""
     import ray
     from ray import tune
@@ -232,7 +230,7 @@ def _run_phase(units: list[dict], ctx: dict, study, phase: str, progress) -> lis
         tune.report({**out, "done": True})
 
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu or 0}
-    storage_path = Path(ctx["study_dir"]) / "tune"
+    storage_path = StudyDir(ctx.study_dir).tune
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
         param_space={"unit": tune.grid_search([u["id"] for u in units])},
@@ -277,7 +275,7 @@ def _cause(err) -> str:
 def launch(study, source: str, *, address: str | None = None, progress=None, fit: bool = True,
            cpus: float | None = None) -> LaunchResult:
     """Run (or continue) a study end to end. Relaunching continues where it stopped."""
-    from .search import storage
+    from .storages import storage
 
     from .spec import check_locations
     check_locations(study)   # never a system folder, a foreign folder or another kind of store
@@ -290,10 +288,9 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     study = study.with_data_pinned(data.get("sha256"))
     address = address or study.ray_address or os.environ.get("RAY_ADDRESS") or None
     threads = max(1, int(study.resources.cpu))
-    ctx = build_context(study, plan, source, threads=threads)
-    ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())  # the file checked above
-    tracker = prepare_stores(study, plan, ctx)
-    study_dir = Path(ctx["study_dir"])
+    ctx = build_context(study, source, threads=threads, data=data)   # data: the file checked above
+    tracker, ctx = prepare_stores(ctx, plan)
+    study_dir = ctx.study_dir
     clean_stray_tmp(study_dir)   # writers killed mid-write in an earlier launch; none runs now
     units = search_units(study, plan)
     todo = [u for u in units if not UnitFiles(study_dir, u["id"]).is_done()]
@@ -304,7 +301,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     started_ray = False if finished else _init_ray(address, study_dir, cpus)  # nothing to run: no Ray
     # Units park their members' records; this drains them to MLflow while the phases run,
     # and completely when they end (records earlier launches left parked included).
-    drainer = OutboxDrainer(Tracker(ctx["tracking_uri"], study.name), study_dir / "outbox")
+    drainer = OutboxDrainer(Tracker(ctx.tracking_uri, study.name), StudyDir(study_dir).outbox)
     try:
         with drainer:
             if progress:
@@ -314,7 +311,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             if failed:
                 raise DlorError(f"{len(failed)} search unit(s) failed: {'; '.join(failed)}; "
                                 f"fix the cause and relaunch to continue")
-            cunits = confirm_units(study, plan, storage(ctx["optuna_storage"]))
+            cunits = confirm_units(study, plan, storage(ctx.optuna_storage))
             if progress and cunits:
                 progress.add_phase(cunits)
             ctodo = [u for u in cunits if not UnitFiles(study_dir, u["id"]).is_done()]
@@ -322,11 +319,10 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             if failed:
                 raise DlorError(f"{len(failed)} confirmation unit(s) failed: {'; '.join(failed)}; "
                                 f"fix the cause and relaunch to continue")
-            (study_dir / "units").mkdir(parents=True, exist_ok=True)
-            (study_dir / "units" / "confirm.complete").touch()
+            StudyDir(study_dir).mark_confirm_complete()
         left = drainer.left
         if left:
-            raise DlorError(f"{left} MLflow record(s) still parked in {study_dir / 'outbox'}; relaunch to retry")
+            raise DlorError(f"{left} MLflow record(s) still parked in {StudyDir(study_dir).outbox}; relaunch to retry")
         close_member_runs(tracker)
     finally:
         if progress:
@@ -334,19 +330,19 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
         if started_ray:
             import ray
             ray.shutdown()
-    result = LaunchResult(study_dir, ctx["tracking_uri"], ctx["optuna_storage"], len(units) + len(cunits))
+    result = LaunchResult(study_dir, ctx.tracking_uri, ctx.optuna_storage, len(units) + len(cunits))
     result.counts = unit_totals(study_dir, units + cunits)
     result.experiment_id = tracker.experiment_id
     if fit:
         result.fit = _fit_study(study, tracker)
-        close_member_runs(tracker, kind="fit")
+        close_member_runs(tracker, kind=Kind.FIT)
         describe_fit_runs(tracker)   # unidentified exponents say so in the run (tags, description, name)
     close_cell_runs(ctx, tracker, result.fit)
-    tracker.finish(ctx["study_run"])
+    tracker.finish(ctx.study_run)
     return result
 
 
-def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
+def close_cell_runs(ctx: RunContext, tracker: Tracker, curves) -> None:
     """End every cell run FINISHED, tagged with its scaling point and diagnostics.
 
     Why tags: a cell's verdict (its point, and flags such as ``undertrained``,
@@ -358,20 +354,20 @@ def close_cell_runs(ctx: dict, tracker: Tracker, curves) -> None:
     for fc in (curves or []):
         for row in fc.points.to_pylist():
             points[f"{row.get('family', fc.family)}@{row['budget']}"] = row
-    for key, run_id in ctx["cell_runs"].items():
+    for key, run_id in ctx.cell_runs.items():
         row = points.get(key)
-        tags = {"dlor.flags": "no point" if row is None else (row.get("flags") or "none")}
+        tags = {Tag.FLAGS: "no point" if row is None else (row.get("flags") or "none")}
         if row is not None:
             err = row.get("error")
-            tags["dlor.point_error"] = "nan" if err is None or err != err else f"{err:.6g}"
-            tags["dlor.point_n_params"] = row.get("n_params")
+            tags[Tag.POINT_ERROR] = "nan" if err is None or err != err else f"{err:.6g}"
+            tags[Tag.POINT_N_PARAMS] = row.get("n_params")
             if row.get("source"):
-                tags["dlor.point_source"] = str(row["source"])[:250]
+                tags[Tag.POINT_SOURCE] = str(row["source"])[:250]
         tracker.log_batch(run_id, tags=tags)
         tracker.finish(run_id)
 
 
-def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
+def close_member_runs(tracker: Tracker, kind: str = Kind.MEMBER) -> int:
     """Terminate runs of ``kind`` whose record is complete but that were left RUNNING (a
     writer killed between its last batch and ``set_terminated``, in a version whose
     replay did not repair that; a fit whose rerun returns on the complete tag). Returns
@@ -379,8 +375,8 @@ def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
     runs = tracker.runs(kind=kind, extra_filter="attributes.status = 'RUNNING'")
     n = 0
     for r in runs:
-        if r.data.tags.get("dlor.complete") == "1":
-            ok = r.data.tags.get("state", "completed") in ("completed", "pruned")
+        if r.data.tags.get(Tag.COMPLETE) == "1":
+            ok = r.data.tags.get(Tag.STATE, "completed") in FINISHED_STATES
             tracker.finish(r.info.run_id, "FINISHED" if ok else "FAILED")
             n += 1
     if n:
@@ -390,7 +386,7 @@ def close_member_runs(tracker: Tracker, kind: str = "member") -> int:
 
 def _confirm_done(study_dir: Path) -> bool:
     """True once a previous launch finished the confirmation phase (marker file)."""
-    return (study_dir / "units" / "confirm.complete").exists()
+    return StudyDir(study_dir).confirm_complete.exists()
 
 
 def unit_totals(study_dir: Path, units: list[dict]) -> dict:
@@ -405,10 +401,10 @@ def unit_totals(study_dir: Path, units: list[dict]) -> dict:
     return tot
 
 
-def flush_all_outboxes(ctx: dict) -> int:
+def flush_all_outboxes(ctx: RunContext) -> int:
     """Write every record the study's units parked (no unit may be running); returns how
     many remain parked (MLflow down)."""
-    return OutboxDrainer(Tracker(ctx["tracking_uri"], ctx["name"]), Path(ctx["study_dir"]) / "outbox").drain()
+    return OutboxDrainer(Tracker(ctx.tracking_uri, ctx.name), StudyDir(ctx.study_dir).outbox).drain()
 
 
 def _fit_study(study, tracker):

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from .errors import DataError, DlorError
+from .studydir import STUDY_MARKER
 
 UNITS = ("standardized", "target")
 ERROR_COLUMNS = ("test_error", "best_val", "baseline_val")  # member-export columns that are errors
@@ -41,7 +42,7 @@ def scale_params(data: dict | None) -> dict:
     y = {k: sc[k] for k in ("standardized", "targets", "y_mean", "y_std")}
     x = json.dumps({k: sc[k] for k in ("features", "x_mean", "x_std")})
     out = {"target.scale": json.dumps(y),
-           "target.x_scale": x if len(x) <= _MAX_PARAM else "too long for a param: see study.json data.scale",
+           "target.x_scale": x if len(x) <= _MAX_PARAM else f"too long for a param: see {STUDY_MARKER} data.scale",
            "data.n_train": data.get("n_train"), "data.n_val": data.get("n_val"), "data.n_test": data.get("n_test")}
     if data.get("kind") == "parquet":
         out.update({"data.source": data["source"], "data.sha256": data["sha256"], "data.n_rows": data["n_rows"]})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,183 +19,15 @@ from pathlib import Path
 import torch
 
 from .cohort import Cohort, MemberResult, MemberSpec
+from .context import RunContext
 from .models import Shape, count_params
-from .tracking import Tracker, code_version, failpoint
+from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, count_metrics, state_counts
+from .studydir import StudyDir, UnitFiles, atomic_write_bytes
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 _DATA_CACHE: dict[str, object] = {}
-
-#: Names of the temporary files `atomic_write_bytes` (and the outbox) write before a rename.
-TMP_NAME = re.compile(r".*\.tmp\d+$")
-
-
-def safe(unit_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in unit_id)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, fail_at: str | None = None) -> None:
-    """Write ``path`` all or nothing: a tmp file, fsynced, renamed over it. A process
-    killed in between leaves a stray ``*.tmp<pid>`` (removed by `clean_stray_tmp`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        half = len(data) // 2
-        f.write(data[:half])
-        if fail_at:
-            f.flush()
-            failpoint(fail_at)   # chaos tests: killed in the middle of the write
-        f.write(data[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def clean_stray_tmp(folder: Path) -> list[Path]:
-    """Remove the ``*.tmp<pid>`` files writers killed mid-write left under ``folder``
-    (Ray's own ``tune/`` folder excluded). Call only while nothing of the study runs."""
-    gone = []
-    if not folder.exists():
-        return gone
-    for p in folder.rglob("*.tmp*"):
-        if "tune" in p.relative_to(folder).parts[:1] or not TMP_NAME.fullmatch(p.name) or not p.is_file():
-            continue
-        try:
-            p.unlink()
-            gone.append(p)
-        except OSError:
-            pass
-    if gone:
-        log.info("removed %d stray tmp file(s) under %s", len(gone), folder)
-    return gone
-
-
-def _set_aside(path: Path, why: str, notes: list | None = None) -> None:
-    """Move an unreadable state file to ``<path>.corrupt`` (kept for inspection, never
-    read again: the warning is logged once) and say so, naming the file; the message
-    is also appended to ``notes`` (a unit's summary carries them to the driver)."""
-    bad = path.with_name(path.name + ".corrupt")
-    try:
-        os.replace(path, bad)
-    except FileNotFoundError:
-        return   # another reader set it aside first
-    msg = f"{path} is unreadable ({why}); moved to {bad} and ignored"
-    log.warning("%s", msg)
-    if notes is not None:
-        notes.append(msg)
-
-
-class UnitFiles:
-    """Where a unit keeps its resumable state inside the study directory."""
-
-    def __init__(self, study_dir: Path, unit_id: str):
-        name = safe(unit_id)
-        self.done = study_dir / "units" / f"{name}.done.json"
-        self.checkpoint = study_dir / "checkpoints" / f"{name}.pt"
-        self.ledger = study_dir / "ledger" / f"{name}.jsonl"
-        self.outbox = study_dir / "outbox" / name  # per unit: no two writers share one
-        self.notes: list[str] = []                 # files set aside (see `_set_aside`)
-
-    # ----------------------------------------------------------- done marker
-    def read_done(self) -> dict | None:
-        """The unit's summary if it finished, else None. An empty or corrupt marker
-        (written by hand, or by a tool that is not atomic) does not count as done: it is
-        set aside, logged once with its path, and the unit runs again (a finished unit
-        re-runs in seconds: Optuna and the ledger say every member is done)."""
-        try:
-            raw = self.done.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            _set_aside(self.done, str(e), self.notes)
-            return None
-        try:
-            out = json.loads(raw)
-            if not isinstance(out, dict):
-                raise ValueError(f"a JSON {type(out).__name__}, not an object")
-        except ValueError as e:
-            _set_aside(self.done, "empty" if not raw.strip() else f"not a unit summary: {e}", self.notes)
-            return None
-        return out
-
-    def is_done(self) -> bool:
-        return self.read_done() is not None
-
-    def write_done(self, summary: dict) -> None:
-        atomic_write_bytes(self.done, json.dumps(summary).encode())
-
-    # ----------------------------------------------------------- ledger
-    def ledger_states(self) -> dict[str, str]:
-        """``{member key: state}`` of the finished members. Read tolerantly: one entry per
-        key (the last wins), lines that do not parse (a pre-atomic ledger cut by a kill)
-        skipped with a warning."""
-        try:
-            text = self.ledger.read_text()
-        except FileNotFoundError:
-            return {}
-        out, bad = {}, 0
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-                out[str(e["key"])] = str(e["state"])
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-        if bad:
-            log.warning("%s: %d unreadable line(s) skipped", self.ledger, bad)
-        return out
-
-    def finished_keys(self) -> set[str]:
-        return set(self.ledger_states())
-
-    def append_ledger(self, key: str, state: str) -> None:
-        """Record a finished member exactly once: the ledger is rewritten whole and
-        atomically (a kill leaves the old or the new one, never a cut or doubled line),
-        and a key already there with the same state writes nothing."""
-        entries = self.ledger_states()
-        if entries.get(key) == state:
-            return
-        entries[key] = state
-        atomic_write_bytes(self.ledger, "".join(json.dumps({"key": k, "state": v}) + "\n"
-                                                for k, v in entries.items()).encode())
-
-    # ----------------------------------------------------------- checkpoint
-    def save_checkpoint(self, state: dict) -> None:
-        import io
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint, buf.getvalue(), fail_at="checkpoint.write")
-        failpoint("checkpoint.saved")
-
-    def load_checkpoint(self) -> dict | None:
-        """The unit's cohort checkpoint, or None. A truncated or corrupt one is set aside
-        (logged once with its path) and the unit continues without it: members in flight
-        are retrained from their Optuna trials (search) or the ledger (confirm)."""
-        if not self.checkpoint.exists():
-            return None
-        try:
-            state = torch.load(self.checkpoint, weights_only=False, map_location="cpu")
-            members = state["members"] if isinstance(state, dict) else None
-            if not isinstance(members, list) or not all(
-                    m is None or (isinstance(m, dict) and isinstance(m.get("spec"), dict) and "key" in m["spec"])
-                    for m in members):
-                raise ValueError("not a cohort checkpoint")
-        except FileNotFoundError:
-            return None
-        except Exception as e:  # noqa: BLE001 - torch raises OSError/RuntimeError/EOFError/pickle errors
-            _set_aside(self.checkpoint, f"{type(e).__name__}: {e}; members in flight are retrained",
-                       self.notes)
-            return None
-        return state
-
-    def clean_tmp(self) -> None:
-        """Stray tmp files of this unit (its checkpoint, its outbox): it is not running
-        anywhere else while it starts."""
-        for p in [*self.checkpoint.parent.glob(self.checkpoint.name + ".tmp*"),
-                  *(self.outbox.glob("*.tmp*") if self.outbox.exists() else [])]:
-            if TMP_NAME.fullmatch(p.name):
-                p.unlink(missing_ok=True)
 
 
 class Heartbeat:
@@ -253,47 +84,47 @@ def dataset_for(study, base_dir: Path):
     return _DATA_CACHE[key]
 
 
-def member_record(ctx: dict, unit: dict, shape: Shape, result: MemberResult, *,
+def member_record(ctx: RunContext, unit: dict, shape: Shape, result: MemberResult, *,
                   optuna_trial: int | None, settings: dict) -> dict:
     """Everything MLflow keeps about one member, keyed for exactly-once writes."""
     spec: MemberSpec = result.spec
+    study = ctx.study
     counts = count_params(shape)
     params = {
-        "lr": spec.lr, "weight_decay": spec.weight_decay, "init_scale": spec.init_scale,
-        "beta1": spec.beta1, "beta2": spec.beta2, **{f"hp_{k}": v for k, v in spec.extra.items()},
-        "label": unit["label"], "budget": unit["budget"], "seed": spec.seed,
+        **{k: getattr(spec, k) for k in HPARAMS}, **{f"{Param.HP_PREFIX}{k}": v for k, v in spec.extra.items()},
+        Param.LABEL: unit["label"], Param.BUDGET: unit["budget"], Param.SEED: spec.seed,
         **shape.describe(), **counts.as_params(),
-        "epochs": ctx["epochs"], "batch_size": ctx["batch_size"], "report_every": ctx["report_every"],
-        "metric": ctx["metric"], "threshold": ctx["threshold"],
-        **{f"train_{k}": v for k, v in settings.items()},
+        Param.EPOCHS: study.epochs, Param.BATCH_SIZE: study.batch_size, Param.REPORT_EVERY: study.report_every,
+        Param.METRIC: study.metric, Param.THRESHOLD: study.threshold,
+        **{f"{Param.TRAIN_PREFIX}{k}": v for k, v in settings.items()},
     }
     tags = {
-        "state": result.state, "dlor.study": ctx["name"], "dlor.cell": unit["cell"],
-        "dlor.family": shape.family, "dlor.label": unit["label"], "dlor.budget": unit["budget"],
-        "dlor.phase": unit["phase"], "dlor.unit": unit["id"], "cohort_id": unit["id"],
-        "spec_hash": ctx["spec_hash"], "code_version": ctx["code_version"], "dlor.seed": spec.seed,
-        "optuna.study": unit["optuna_study"],
+        Tag.STATE: result.state, Tag.STUDY: study.name, Tag.CELL: unit["cell"],
+        Tag.FAMILY: shape.family, Tag.LABEL: unit["label"], Tag.BUDGET: unit["budget"],
+        Tag.PHASE: unit["phase"], Tag.UNIT: unit["id"], Tag.COHORT_ID: unit["id"],
+        Tag.SPEC_HASH: ctx.spec_hash, Tag.CODE_VERSION: ctx.code_version, Tag.SEED: spec.seed,
+        Tag.OPTUNA_STUDY: unit["optuna_study"],
     }
     if optuna_trial is not None:
-        tags["optuna.trial"] = optuna_trial
+        tags[Tag.OPTUNA_TRIAL] = optuna_trial
     if "confirm_of" in spec.extra:
-        tags["dlor.confirm_of"] = spec.extra["confirm_of"]
-    finals = {"test_error": result.test_error, "best_val": result.best_val,
-              "wall_time_s": result.wall_time_s, "epochs_trained": result.epochs,
-              "best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
-              "undertrained": float(result.undertrained), "baseline_val": result.baseline_val}
-    edge = lr_edge(spec.lr, ctx["search_space"].get("lr"))
+        tags[Tag.CONFIRM_OF] = spec.extra["confirm_of"]
+    finals = {Metric.TEST_ERROR: result.test_error, Metric.BEST_VAL: result.best_val,
+              Metric.WALL_TIME_S: result.wall_time_s, Metric.EPOCHS_TRAINED: result.epochs,
+              Metric.BEST_EPOCH: result.best_epoch, Metric.STOPPED_EARLY: float(result.stopped_early),
+              Metric.UNDERTRAINED: float(result.undertrained), Metric.BASELINE_VAL: result.baseline_val}
+    edge = lr_edge(spec.lr, study.search_space.get("lr"))
     if edge:
-        tags["dlor.lr_edge"] = edge
+        tags[Tag.LR_EDGE] = edge
     if result.stopped_early:
-        tags["dlor.stopped_early"] = "1"
+        tags[Tag.STOPPED_EARLY] = "1"
     if result.epochs_to_threshold is not None:
-        finals["epochs_to_threshold"] = result.epochs_to_threshold
+        finals[Metric.EPOCHS_TO_THRESHOLD] = result.epochs_to_threshold
     return {
-        "key": f"{ctx['name']}/{result.key}", "name": result.key.replace("/", " "), "kind": "member",
-        "parent_id": ctx["cell_runs"][unit["cell"]], "params": params, "tags": tags,
-        "curves": {"train_loss": list(result.train_loss), "val_error": list(result.val_error)},
-        "finals": finals, "status": "FINISHED" if result.state in ("completed", "pruned") else "FAILED",
+        "key": f"{study.name}/{result.key}", "name": result.key.replace("/", " "), "kind": Kind.MEMBER,
+        "parent_id": ctx.cell_runs[unit["cell"]], "params": params, "tags": tags,
+        "curves": {Metric.TRAIN_LOSS: list(result.train_loss), Metric.VAL_ERROR: list(result.val_error)},
+        "finals": finals, "status": "FINISHED" if result.state in FINISHED_STATES else "FAILED",
         "end_time": int(time.time() * 1000),   # written later by the driver: the run's times are these
     }
 
@@ -314,7 +145,7 @@ def lr_edge(lr: float, dist, frac: float = 0.05) -> str:
     return "low" if t <= frac else "high" if t >= 1 - frac else ""
 
 
-def run_unit(ctx: dict, unit: dict, report=None) -> dict:
+def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
     """Train one unit to completion (resuming if needed); returns its state counts.
 
     `report(dict)` receives progress after every finished member (Tune's report when
@@ -322,28 +153,26 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     """
     import optuna
 
-    from .search import FixedSource, OptunaSource, db_retry, storage
-    from .spec import parse_study
+    from .search import FixedSource, OptunaSource
+    from .storages import db_retry, storage
 
-    study = parse_study(ctx["spec"], ctx["source"])
-    study_dir = Path(ctx["study_dir"])
+    study, study_dir = ctx.study, ctx.study_dir
     files = UnitFiles(study_dir, unit["id"])
     done = files.read_done()
     if done is not None:
         return done
     files.clean_tmp()
-    torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
-    data = dataset_for(study, Path(ctx["base_dir"]))
+    torch.set_num_threads(max(1, ctx.threads))
+    data = dataset_for(study, ctx.base_dir)
     shape = Shape(**unit["shape"])
     # Member records are only parked here (durably); the driver's `OutboxDrainer` writes
     # them to MLflow, so no MLflow traffic competes with this trial's training.
-    tracker = Tracker(ctx["tracking_uri"], ctx["name"], outbox=files.outbox)
+    tracker = Tracker(ctx.tracking_uri, study.name, outbox=files.outbox)
     resume = files.load_checkpoint()
     in_flight_keys = {m["spec"]["key"] for m in resume["members"] if m is not None} if resume else set()
     settings: dict = {}
     t0 = time.time()
-    progress = {"unit": unit["id"], "cell": unit["cell"], "completed": 0, "pruned": 0,
-                "diverged": 0, "failed": 0}
+    progress = {"unit": unit["id"], "cell": unit["cell"], **state_counts()}
     # Member states over *all* attempts of the unit (the ledger), so a resumed unit
     # reports (and its done marker sums) every member, not only this attempt's.
     states = files.ledger_states()
@@ -351,15 +180,15 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
     def publish(result: MemberResult):
         files.append_ledger(result.key, result.state)
         states[result.key] = result.state
-        progress.update(_state_counts(states.values()))
+        progress.update(state_counts(states.values()))
         if report is not None:
             report({**progress, "elapsed_s": time.time() - t0, "done": False})
 
-    progress.update(_state_counts(states.values()))
+    progress.update(state_counts(states.values()))
 
     if unit["phase"] == "search":
         ostudy = db_retry(lambda: optuna.load_study(
-            study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]),
+            study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage),
             sampler=_sampler(study, unit), pruner=_pruner(study),
         ), "load the Optuna study")
         # running best val of members resumed mid-training (pruners judge best-so-far)
@@ -371,9 +200,9 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
             publish(result)
 
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
-        source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=ctx["search_space"],
-                              quota=unit["quota"], base_seed=ctx["seed"], in_flight=in_flight,
-                              final_epoch=ctx["epochs"], on_result=on_result, resume_best=resume_best)
+        source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=study.search_space,
+                              quota=unit["quota"], base_seed=study.seed, in_flight=in_flight,
+                              final_epoch=study.epochs, on_result=on_result, resume_best=resume_best)
     else:
         members = [MemberSpec(**m) for m in unit["members"]]
 
@@ -389,23 +218,23 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         slots = study_slots(study, shape, unit.get("quota") or len(unit.get("members", [])),
                             n_train=len(data.x_train))
     settings["slots"] = slots
-    cohort = Cohort(shape, data, slots=slots, epochs=ctx["epochs"], report_every=ctx["report_every"],
-                    batch_size=ctx["batch_size"], metric=ctx["metric"], threshold=ctx["threshold"],
-                    device=ctx["device"], compile=ctx["compile"], precision=ctx["precision"],
+    cohort = Cohort(shape, data, slots=slots, epochs=study.epochs, report_every=study.report_every,
+                    batch_size=study.batch_size, metric=study.metric, threshold=study.threshold,
+                    device=ctx.device, compile=study.compile, precision=study.precision,
                     schedule=study.schedule, lr_floor=study.lr_floor,
                     patience=study.early_stopping.patience if study.early_stopping else None,
                     min_delta=study.early_stopping.min_delta if study.early_stopping else 0.0,
                     **_finish_kwargs(study, unit["phase"]))
     settings.update(getattr(cohort, "settings", {}) or {})
     node = node_id()
-    beat = Heartbeat(study_dir / "heartbeats" / f"{safe(unit['id'])}.json",
+    beat = Heartbeat(StudyDir(study_dir).heartbeat(unit["id"]),
                      {"unit": unit["id"], "node": node, "pid": os.getpid()})
     with beat:
-        cohort.run(source, checkpoint_every=ctx["checkpoint_every"], on_checkpoint=files.save_checkpoint,
+        cohort.run(source, checkpoint_every=study.checkpoint_every, on_checkpoint=files.save_checkpoint,
                    resume=resume)
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
-        progress.update(_state_counts(source.member_states(states).values()))
+        progress.update(state_counts(source.member_states(states).values()))
         _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "node": node,
            "resumed": resume is not None,
@@ -415,13 +244,6 @@ def run_unit(ctx: dict, unit: dict, report=None) -> dict:
         out["notes"] = list(files.notes)
     files.write_done(out)   # every member's record is parked: the driver writes it
     files.checkpoint.unlink(missing_ok=True)
-    return out
-
-
-def _state_counts(states) -> dict[str, int]:
-    out = {"completed": 0, "pruned": 0, "diverged": 0, "failed": 0}
-    for s in states:
-        out[s] = out.get(s, 0) + 1
     return out
 
 
@@ -446,7 +268,7 @@ def _pruner(study):
     return make_pruner(study.pruner, epochs=study.epochs, report_every=study.report_every)
 
 
-def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
+def _record_cell_counts(tracker, ctx: RunContext, unit: dict, ostudy) -> None:
     """Log the cell's search counts (asked, running, completed, pruned and at which
     epochs, refilled; from Optuna, the source of truth) on its MLflow cell run.
 
@@ -456,8 +278,8 @@ def _record_cell_counts(tracker, ctx: dict, unit: dict, ostudy) -> None:
     """
     import logging
 
-    from .search import cell_counts, count_metrics
-    run_id = ctx.get("cell_runs", {}).get(unit["cell"])
+    from .search import cell_counts
+    run_id = ctx.cell_runs.get(unit["cell"])
     if run_id is None:
         return
     try:

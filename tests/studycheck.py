@@ -11,7 +11,7 @@ def check_records(study, result, *, expect_pruned=True, expect_fit=True):
     from mlflow.tracking import MlflowClient
 
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
 
     plan = make_plan(study)
     client = MlflowClient(result.tracking_uri)

@@ -23,10 +23,11 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from dlor_scale.search import OptunaSource, db_retry
+from dlor_scale.search import OptunaSource
+from dlor_scale.storages import db_retry
 from dlor_scale.spec import Distribution
 from dlor_scale.tracking import FailpointError, Tracker
-from dlor_scale.worker import UnitFiles, clean_stray_tmp
+from dlor_scale.studydir import UnitFiles, clean_stray_tmp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,9 +50,9 @@ def failpoints(monkeypatch, tmp_path):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    import dlor_scale.search as search
-    monkeypatch.setattr(search, "DB_BASE_DELAY", 0.01)
-    monkeypatch.setattr(search, "DB_MAX_DELAY", 0.02)
+    import dlor_scale.storages as storages
+    monkeypatch.setattr(storages, "DB_BASE_DELAY", 0.01)
+    monkeypatch.setattr(storages, "DB_MAX_DELAY", 0.02)
 
 
 def _tracker(tmp_path) -> Tracker:
@@ -119,7 +120,7 @@ def test_sweep_closes_complete_member_runs_left_running(tmp_path, failpoints):
 def test_checkpoint_write_killed_midway_leaves_old_checkpoint_and_a_tmp_that_start_removes(tmp_path):
     files = UnitFiles(tmp_path, "search/dense@100/0")
     files.save_checkpoint({"members": [], "n": 1})
-    code = ("import sys; from pathlib import Path; from dlor_scale.worker import UnitFiles; "
+    code = ("import sys; from pathlib import Path; from dlor_scale.studydir import UnitFiles; "
             "UnitFiles(Path(sys.argv[1]), 'search/dense@100/0').save_checkpoint("
             "{'members': [], 'n': 2, 'pad': b'x' * 100000})")
     env = {**os.environ, "DLOR_FAILPOINTS": "checkpoint.write:kill",
@@ -148,7 +149,7 @@ SPACE = {"lr": Distribution(type="float", low=1e-3, high=1e-1, log=True), "weigh
 
 
 def _ostudy(tmp_path, name="cell"):
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     st = storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     return optuna.create_study(study_name=name, storage=st, direction="minimize", load_if_exists=True,
                                sampler=optuna.samplers.RandomSampler(seed=0))
@@ -224,7 +225,7 @@ def test_transient_storage_errors_are_retried_and_a_landed_create_is_adopted(tmp
 def test_only_transient_storage_errors_count_as_transient():
     import sqlalchemy.exc as sa
 
-    from dlor_scale.search import transient_db_error
+    from dlor_scale.storages import transient_db_error
 
     def wrapped(cause):
         try:
@@ -344,7 +345,7 @@ def _tiny_study(tmp_path):
 
 def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp_path, failpoints):
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     from dlor_scale.targets import check_study_data
     from dlor_scale.tune import build_context, confirm_units, flush_all_outboxes, prepare_stores, search_units
     from dlor_scale.worker import run_unit
@@ -353,12 +354,11 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     plan = make_plan(study)
     data = check_study_data(study)
     study = study.with_data_pinned(data.get("sha256"))
-    ctx = build_context(study, plan, source, threads=1)
-    ctx["data"], ctx["base_dir"] = data, str(Path(study.base_dir).resolve())
-    tracker = prepare_stores(study, plan, ctx)
+    ctx = build_context(study, source, threads=1, data=data)
+    tracker, ctx = prepare_stores(ctx, plan)
     [unit] = search_units(study, plan)
     assert unit["quota"] == 4 and unit["slots"] == 2
-    files = UnitFiles(Path(ctx["study_dir"]), unit["id"])
+    files = UnitFiles(ctx.study_dir, unit["id"])
 
     # attempt 1: the first wave finishes, then the connection drops between the refill's
     # ask and its sampling; the driver's drain of its records dies between batch and terminate
@@ -368,7 +368,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
     assert not files.is_done() and len(files.ledger_states()) == 2
     assert tracker.runs(kind="member") == []          # the trial only parks
     assert flush_all_outboxes(ctx) == 2               # the first write died: the pass stops
-    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
+    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage))
     assert [(t.number, t.state.name, sorted(t.params)) for t in ost.get_trials()][2] == (2, "RUNNING", [])
     # attempt 2: the trial gets its parameters; the unit dies after a checkpoint of the second wave
     failpoints("checkpoint.saved:raise:1:1")
@@ -392,7 +392,7 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
         {k: out[k] for k in ("completed", "pruned", "diverged", "failed", "asked")}
     assert again["model_steps"] == 0
 
-    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx["optuna_storage"]))
+    ost = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage))
     trials = ost.get_trials()
     assert len(trials) == 4 and all(t.state.is_finished() and "lr" in t.params for t in trials)
     assert flush_all_outboxes(ctx) == 0
@@ -406,13 +406,13 @@ def test_unit_resumed_after_failures_counts_every_member_and_heals_its_files(tmp
         assert len(steps) == len(set(steps)) == 4
     # the confirmation unit: killed writing the checkpoint after its members finished; retrained from
     # the previous one, its ledger stays one line per member
-    [cunit] = confirm_units(study, plan, storage(ctx["optuna_storage"]))
+    [cunit] = confirm_units(study, plan, storage(ctx.optuna_storage))
     failpoints("checkpoint.write:raise:1:3")
     with pytest.raises(FailpointError):
         run_unit(ctx, cunit)
     failpoints()
     cout = run_unit(ctx, cunit)
-    cfiles = UnitFiles(Path(ctx["study_dir"]), cunit["id"])
+    cfiles = UnitFiles(ctx.study_dir, cunit["id"])
     keys = [json.loads(x)["key"] for x in cfiles.ledger.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 2
     assert cout["completed"] + cout["diverged"] + cout["failed"] == 2

@@ -296,7 +296,7 @@ def test_postgres_backends_terminated_every_two_seconds(tmp_path):
         _, runs = verify(spec, expect_pruned=False)
         import optuna
 
-        from dlor_scale.search import storage
+        from dlor_scale.storages import storage
         ost = storage(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
         for s in optuna.get_all_study_summaries(ost):
             for t in optuna.load_study(study_name=s.study_name, storage=ost).get_trials():

@@ -18,7 +18,7 @@ from dlor_scale.optuna_private import (
     pop_waiting_trial,
     trial_id,
 )
-from dlor_scale.search import storage
+from dlor_scale.storages import storage
 
 
 def _study(url=None):

@@ -5,6 +5,7 @@ real processes, real SIGKILL)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,27 @@ def test_run_times_are_the_members_not_the_write(tmp_path):
     assert run.info.end_time == end and run.info.start_time == end - 12_500
     assert run.info.run_name == "t0 · dense@120"
     assert {m.timestamp for m in tr.client.get_metric_history(run.info.run_id, "val_error")} == {end}
+
+
+def test_park_keeps_the_record_and_its_fresh_mark_and_a_resend_writes_nothing_twice(tmp_path, caplog):
+    """Tracker outbox on its own: a parked record reads back with its `fresh` mark; sending
+    it writes the run and unparks it; the same record parked and sent again (a replay after
+    a crash) finds the complete run and adds nothing; an unreadable file is set aside."""
+    from dlor_scale.tracking import read_parked
+    tr = _tracker(tmp_path, "u")
+    path = tr.park(_record(0), fresh=True)
+    assert path.parent == tmp_path / "outbox" / "u" and path.suffix == ".json"
+    record, fresh = read_parked(path)
+    assert fresh and json.loads(json.dumps(_record(0))) == record   # JSON: tuples come back as lists
+    assert tr.send_parked(path, fresh_ok=True) and not path.exists()
+    again = tr.park(_record(0))                 # a replay: same key, not fresh
+    assert read_parked(again)[1] is False
+    assert tr.send_parked(again) and not again.exists()
+    _check_exactly_once(tr, 1)
+    bad = tmp_path / "outbox" / "u" / "cut.json"
+    bad.write_text('{"key": ')
+    assert tr.send_parked(bad) and not bad.exists()
+    assert bad.with_name("cut.json.corrupt").exists() and "cut.json" in caplog.text
 
 
 def test_a_pass_stops_at_the_first_record_mlflow_refuses(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from dlor_scale.pruners import LockstepHalvingPruner, LockstepMedianPruner
-from dlor_scale.search import storage
+from dlor_scale.storages import storage
 from test_search import curve, planted, run_lockstep, source_for
 
 

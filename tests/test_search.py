@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from dlor_scale import samplers, search
+from dlor_scale import run_schema, samplers, search
 from dlor_scale.cohort import MemberResult, Report
 from dlor_scale.pruners import LockstepHalvingPruner, LockstepHyperbandPruner, LockstepMedianPruner, halving_rungs
 from dlor_scale.search import OptunaSource, cell_counts
@@ -401,7 +401,7 @@ def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path)
     from typer.testing import CliRunner
 
     from dlor_scale.cli import app
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
 
     url = f"journal:///{tmp_path / 'optuna.journal'}"
     (tmp_path / "study.json").write_text(json.dumps({"name": "st", "optuna_storage": url,
@@ -424,7 +424,7 @@ def test_status_shows_asked_running_completed_pruned_at_rungs_refilled(tmp_path)
     cells = [x.strip() for x in row.strip("│ ").split("│")]
     assert cells[:4] == ["dense@100", "13", "1", str(c["completed"])]
     assert cells[4] == str(c["pruned"]) and cells[5].startswith("6@10") and cells[6] == "4"
-    assert search.count_metrics(c)["search.pruned_at_10"] == 6.0
+    assert run_schema.count_metrics(c)["search.pruned_at_10"] == 6.0
     # finished units: only markers holding a summary count (an empty one is re-run by launch)
     units = tmp_path / "units"
     units.mkdir()
@@ -446,7 +446,7 @@ def test_study_refills_get_their_own_runs_and_the_cell_run_carries_the_counts(tm
     from test_study_e2e import TINY
 
     from dlor_scale.plan import make_plan
-    from dlor_scale.search import storage
+    from dlor_scale.storages import storage
     from dlor_scale.spec import load_study
     from dlor_scale.tune import launch
 
@@ -472,6 +472,6 @@ def test_study_refills_get_their_own_runs_and_the_cell_run_carries_the_counts(tm
             assert (cell.key, t.number) in members           # its own MLflow run
         c = cell_counts(trials)
         metrics = client.get_run(cells[cell.key].info.run_id).data.metrics
-        for k, v in search.count_metrics(c).items():
+        for k, v in run_schema.count_metrics(c).items():
             assert metrics[k] == v, (cell.key, k)
         assert c["pruned"] > 0 and c["pruned_at"]

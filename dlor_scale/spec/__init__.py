@@ -19,6 +19,7 @@ a study may land), `problems` (error texts), `checks` (cross-field rules and sea
 guard rails), `loading` (YAML → `Study`). Torch-free and Ray-free: `validate` runs here.
 """
 
+from ..run_schema import HPARAMS
 from .checks import search_problems, search_warnings
 from .distributions import Distribution, SearchParam
 from .families import FamilySpec, IntRange, axis_values
@@ -27,7 +28,7 @@ from .locations import check_locations, check_study_folder, read_study_marker, s
 from .problems import Problem
 from .sampler_pruner import PrunerSpec, SamplerSpec
 from .study import Study, study_json_schema, target_io
-from .vocabulary import (AXIS_MAX, HPARAM_DOMAINS, HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, MAX_GRID,
+from .vocabulary import (AXIS_MAX, HPARAM_DOMAINS, LOCATION_FIELDS, MAX_BUDGETS, MAX_GRID,
                          MAX_TOTAL_GRID, METRICS)
 
 __all__ = [

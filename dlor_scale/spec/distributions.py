@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Tag, model_validator
 
-from .vocabulary import HPARAM_DOMAINS, HPARAMS, Float, SpecModel, invalid
+from ..run_schema import HPARAMS
+from .vocabulary import HPARAM_DOMAINS, Float, SpecModel, invalid
 
 
 class Distribution(SpecModel):

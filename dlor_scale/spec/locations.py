@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SpecError
+from ..studydir import StudyDir, is_marker_tmp
 from .vocabulary import invalid
 
 if TYPE_CHECKING:
@@ -169,17 +169,17 @@ def check_study_folder(study: "Study", sdir: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise SpecError(f"{src}: study folder {sdir} exists and is not a folder; "
                         f"choose another output_dir or name")
-    marker = sdir / "study.json"
+    marker = StudyDir(sdir).marker
     if not marker.exists():
         try:   # a launch killed while writing its first study.json leaves only its tmp file
-            empty = all(re.fullmatch(r"study\.json\.tmp\d+", e.name) for e in os.scandir(sdir))
+            empty = all(is_marker_tmp(e.name) for e in os.scandir(sdir))
         except OSError as e:
             raise SpecError(f"{src}: study folder {sdir}: cannot be listed ({e.strerror})") from None
         if empty:
             return
-        raise SpecError(f"{src}: study folder {sdir} exists, is not empty and holds no study.json: it is not a "
+        raise SpecError(f"{src}: study folder {sdir} exists, is not empty and holds no {marker.name}: it is not a "
                         f"dlor-scale study, so nothing is written there; choose another output_dir or name")
     old = read_study_marker(marker, study.name, SpecError, prefix=f"{src}: ")
     if old.get("name") != study.name:
         raise SpecError(f"{src}: study folder {sdir} holds another study ({old.get('name')!r} in its "
-                        f"study.json), not {study.name!r}; choose another output_dir or name")
+                        f"{marker.name}), not {study.name!r}; choose another output_dir or name")

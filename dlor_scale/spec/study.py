@@ -13,13 +13,15 @@ from pydantic_core import PydanticCustomError
 
 from .. import budget as budget_solver
 from ..errors import SpecError
+from ..run_schema import HPARAMS
 from ..shapes import ACTIVATIONS, FAMILIES
+from ..studydir import StudyDir
 from ..targets import TargetSpec
 from .distributions import HParam, SearchParam
 from .families import FamilySpec, Label
 from .locations import expand_user
 from .sampler_pruner import PrunerSpec, SamplerSpec, SuccessiveHalvingPrunerSpec, TPESamplerSpec
-from .vocabulary import (HPARAMS, LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt, PosInt,
+from .vocabulary import (LOCATION_FIELDS, MAX_BUDGETS, METRICS, Float, Int, Name, NonNegInt, PosInt,
                          PosIntOrAuto, SpecModel, invalid)
 
 
@@ -269,14 +271,14 @@ class Study(SpecModel):
     def resolved_tracking_uri(self) -> str:
         """``tracking_uri``, else env ``MLFLOW_TRACKING_URI``, else SQLite in the study dir."""
         return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                or f"sqlite:///{self.study_dir() / 'mlflow.db'}")
+                or f"sqlite:///{StudyDir(self.study_dir()).mlflow_db}")
 
     def resolved_optuna_storage(self) -> str:
         """``optuna_storage``, else env ``DLOR_OPTUNA_STORAGE``, else an Optuna journal
         file in the study dir (``journal:///…``: ~6× cheaper per report than SQLite and
         safe for several local worker processes; use PostgreSQL for clusters)."""
         return (self.optuna_storage or os.environ.get("DLOR_OPTUNA_STORAGE")
-                or f"journal:///{self.study_dir() / 'optuna.journal'}")
+                or f"journal:///{StudyDir(self.study_dir()).optuna_journal}")
 
 
 def study_json_schema() -> dict:

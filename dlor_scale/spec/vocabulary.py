@@ -17,8 +17,6 @@ from pydantic_core import PydanticCustomError
 from ..shapes import FAMILIES
 
 
-#: Hyperparameters the trainer consumes; anything else in ``search_space`` is a typo.
-HPARAMS = ("lr", "weight_decay", "init_scale", "beta1", "beta2")
 #: Valid range of each hyperparameter: (low, high, low_inclusive, high_inclusive).
 HPARAM_DOMAINS = {
     "lr": (0.0, math.inf, False, False),

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ...studydir import MLFLOW_DB
 from .analytic import ANALYTIC_BUILDERS
 from .markdown import render
 from .mlflow_io import add_checkpoint_errors, add_final_train_loss, log_report, study_meta
@@ -18,7 +19,7 @@ ANALYTIC = ("reconstruction", "construction", "rank1")
 #: MLflow experiment and default store of the analytic reports.
 ANALYTIC_EXPERIMENT = "paper-analytic"
 
-ANALYTIC_URI = "sqlite:///runs/paper/mlflow.db"
+ANALYTIC_URI = f"sqlite:///runs/paper/{MLFLOW_DB}"
 
 
 

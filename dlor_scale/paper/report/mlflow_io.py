@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from ...run_schema import Metric
+from ...studydir import ARTIFACTS
 from .core import Section, _metric_key
 
 def study_meta(tracker) -> dict:
@@ -38,7 +40,7 @@ def _history(tracker, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int | None,
-                          key: str = "val_error"):
+                          key: str = Metric.VAL_ERROR):
     """Add ``val_error_at_<E>`` columns: each member's validation error after E epochs.
 
     Why: the paper reports the error after 5,000 *and* 50,000 epochs (Fig. 4a/b); one
@@ -51,7 +53,7 @@ def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int 
     cols = {e: [] for e in epochs}
     for _, row in df.iterrows():
         hist = _history(tracker, row["run_id"], key)
-        scale = _step_scale(hist, row.get("epochs_trained"), report_every)
+        scale = _step_scale(hist, row.get(Metric.EPOCHS_TRAINED), report_every)
         for e in epochs:
             before = [v for s, v in hist if s * scale <= e]
             reached = hist and hist[-1][0] * scale >= e
@@ -63,7 +65,7 @@ def add_checkpoint_errors(df, tracker, epochs: Iterable[int], report_every: int 
 
 
 
-def add_final_train_loss(df, tracker, key: str = "train_loss"):
+def add_final_train_loss(df, tracker, key: str = Metric.TRAIN_LOSS):
     """Add ``train_loss_final``: the last logged training loss of each member.
 
     Why: Fig. 6 is about generalisation, which is the gap between this and the test
@@ -134,7 +136,7 @@ def _ensure_experiment(uri: str, experiment: str) -> None:
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(experiment) is None:
         try:
-            client.create_experiment(experiment, artifact_location=(db.parent.resolve() / "artifacts").as_uri())
+            client.create_experiment(experiment, artifact_location=(db.parent.resolve() / ARTIFACTS).as_uri())
         except Exception:  # noqa: BLE001 - a concurrent report created it first
             if client.get_experiment_by_name(experiment) is None:
                 raise
