@@ -61,7 +61,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import BudgetError
-from .shapes import Shape, count_params, parse_diag
+from .shapes import Shape, parse_diag
 
 POLICIES = ("closest", "deepest", "widest", "axis")
 DEFAULT_POLICY = "axis"

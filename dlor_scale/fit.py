@@ -923,7 +923,6 @@ def extrapolation_check(P, L, *, holdout: int | None = None, level: float = 0.95
       exponent is not identified (its CI reaches the bounds), so agreement would be luck.
     """
     rel_tol = DEFAULT_REL_TOL if rel_tol is None else float(rel_tol)
-    family = fit_kw.get("family", "")
     stderr = fit_kw.pop("stderr", None)
     P = np.asarray(P, dtype=float).ravel()
     L = np.asarray(L, dtype=float).ravel()

@@ -24,7 +24,7 @@ from dlor_scale.errors import DataError, FitError
 
 if TYPE_CHECKING:  # pyarrow is imported where tables are made: `import dlor_scale` (and so
     import pyarrow as pa  # every CLI command, `validate` included) stays light
-from dlor_scale.fit import (DEFAULT_REL_TOL, PARAM_NAMES, LawFit, _family_seed, _jsonable, compare,
+from dlor_scale.fit import (DEFAULT_REL_TOL, PARAM_NAMES, LawFit, _jsonable, compare,
                             extrapolation_check, fit_law)
 
 POINT_COLUMNS = ("family", "budget", "n_params", "error", "stderr", "n_seeds", "best_trial",

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -76,10 +75,8 @@ def search_units(study, plan: Plan) -> list[dict]:
 def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
     """Top-k COMPLETE trials of each cell (by best val), retrained with `seeds` seeds."""
     import optuna
-    import optuna
     from optuna.trial import TrialState
 
-    from .optuna_private import trial_id
     from .search import member_seed, member_spec
     from .storages import db_retry
     if study.confirm is None:
