@@ -71,7 +71,7 @@ import math
 import time
 import types
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Protocol
 
 import torch
@@ -484,19 +484,27 @@ class _Member:
         return self.elapsed + (now - self.mark)
 
     def to_state(self, now: float) -> dict:
-        return {"spec": asdict(self.spec), "epoch": self.epoch,
-                "train_loss": list(self.train_loss), "val_error": list(self.val_error),
-                "best_val": self.best_val, "best_epoch": self.best_epoch,
-                "stale_reports": self.stale_reports, "threshold_epoch": self.threshold_epoch,
-                "elapsed": self.wall(now)}
+        """Plain data for a checkpoint: every field by its own name (``mark``, a reading of
+        this process's clock, is folded into ``elapsed``)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mark"}
+        state.update(spec=asdict(self.spec), elapsed=self.wall(now),
+                     train_loss=list(self.train_loss), val_error=list(self.val_error))
+        return state
 
     @classmethod
     def from_state(cls, d: dict, now: float) -> _Member:
-        return cls(spec=MemberSpec(**d["spec"]), epoch=d["epoch"],
-                   train_loss=[tuple(t) for t in d["train_loss"]],
-                   val_error=[tuple(t) for t in d["val_error"]], best_val=d["best_val"],
-                   best_epoch=d["best_epoch"], stale_reports=d["stale_reports"],
-                   threshold_epoch=d["threshold_epoch"], elapsed=d["elapsed"], mark=now)
+        """Inverse of `to_state`; fields a checkpoint predates keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: ([tuple(t) for t in v] if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        kw.update(spec=MemberSpec(**d["spec"]), mark=now)
+        return cls(**kw)
+
+
+def in_flight_best_vals(state: dict) -> dict[str, float]:
+    """Best val so far of each member a checkpoint (`Cohort.state_dict`) holds in flight:
+    what pruners judge a resumed member by."""
+    members = (_Member.from_state(d, 0.0) for d in state["members"] if d is not None)
+    return {m.spec.key: m.best_val for m in members}
 
 
 # ----------------------------------------------------------------------------- cohort

@@ -88,6 +88,15 @@ class Metric:
               STOPPED_EARLY, UNDERTRAINED, BASELINE_VAL)
 
 
+class Flag:
+    """A scaling point's diagnostics: the cell run's ``dlor.flags`` tag (comma-joined) and the
+    ``flags`` column of the points table. Flagged points are kept out of the fit."""
+    UNDERTRAINED = "undertrained"      # still improving when training ended
+    NOT_TRAINED = "not_trained"        # best val ≥ 90 % of the mean predictor's
+    LR_EDGE = {"low": "lr_edge:low", "high": "lr_edge:high"}   # lr at an edge of its range
+    ALL = (UNDERTRAINED, LR_EDGE["low"], LR_EDGE["high"], NOT_TRAINED)
+
+
 class FitMetric:
     """Suffixes of a fit run's metrics: ``<family>.<suffix>`` and ``<a>_vs_<b>.<suffix>``."""
     ALPHA, ALPHA_LO, ALPHA_HI, E, A = "alpha", "alpha_lo", "alpha_hi", "E", "A"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlor_scale.errors import DataError, FitError
+from dlor_scale.run_schema import Flag, Metric
 
 if TYPE_CHECKING:  # pyarrow is imported where tables are made: `import dlor_scale` (and so
     import pyarrow as pa  # every CLI command, `validate` included) stays light
@@ -51,11 +52,11 @@ def __getattr__(name: str):
 
 
 RUN_COLUMNS = ("study", "cell", "family", "budget", "n_params_total", "phase", "state",
-               "optuna_trial", "seed", "test_error", "best_val", "confirm_of")
+               "optuna_trial", "seed", Metric.TEST_ERROR, Metric.BEST_VAL, "confirm_of")
 # Optional member diagnostics (absent in tables recorded before they existed: no flag then).
-DIAG_COLUMNS = ("baseline_val", "undertrained", "stopped_early", "best_epoch", "lr_edge")
+DIAG_COLUMNS = (Metric.BASELINE_VAL, Metric.UNDERTRAINED, Metric.STOPPED_EARLY, Metric.BEST_EPOCH, "lr_edge")
 NOT_TRAINED_FRACTION = 0.9  # best val ≥ 90% of the mean predictor's: the net learned ~nothing
-POINT_FLAGS = ("undertrained", "lr_edge:low", "lr_edge:high", "not_trained")
+POINT_FLAGS = Flag.ALL
 
 
 # --------------------------------------------------------------------------- points
@@ -97,7 +98,7 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for (family, budget), g in df.groupby(["family", "budget"], sort=True):
         search = g[g["phase"] == "search"]
-        done = search[(search["state"] == "completed") & np.isfinite(search["best_val"])]
+        done = search[(search["state"] == "completed") & np.isfinite(search[Metric.BEST_VAL])]
         if done.empty:
             states = search["state"].value_counts().to_dict()
             detail = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no runs"
@@ -108,19 +109,19 @@ def points_from_runs(runs: pa.Table) -> pa.Table:
                          "best_trial": None,
                          "source": f"none: 0 completed search runs ({detail})", "flags": ""})
             continue
-        best = done.sort_values(["best_val", "optuna_trial"], kind="stable").iloc[0]
+        best = done.sort_values([Metric.BEST_VAL, "optuna_trial"], kind="stable").iloc[0]
         trial = int(best["optuna_trial"])
         conf = g[(g["phase"] == "confirm") & (g["confirm_of"] == trial)
                  & (g["study"] == best["study"]) & (g["cell"] == best["cell"])]
-        ok = conf[(conf["state"] == "completed") & np.isfinite(conf["test_error"])]
+        ok = conf[(conf["state"] == "completed") & np.isfinite(conf[Metric.TEST_ERROR])]
         n_bad = len(conf) - len(ok)
         if len(ok):
-            errs = ok["test_error"].to_numpy(dtype=float)
+            errs = ok[Metric.TEST_ERROR].to_numpy(dtype=float)
             n = errs.size
             err, se, source = float(errs.mean()), (float(errs.std(ddof=1) / math.sqrt(n))
                                                    if n > 1 else math.nan), "confirm"
         else:
-            n, err, se, source = 1, float(best["test_error"]), math.nan, "search"
+            n, err, se, source = 1, float(best[Metric.TEST_ERROR]), math.nan, "search"
         if n_bad:
             source += f" ({n_bad} of {len(conf)} confirm runs not completed, excluded)"
         rows.append({"family": family, "budget": int(budget),
@@ -139,8 +140,8 @@ def _point_flags(best, confirms) -> list[str]:
     if len(confirms) == 0:
         return flags
     per_run = [_member_flags(r) for _, r in confirms.iterrows()]
-    flags = [f for f in flags if f.startswith("lr_edge")]
-    for f in ("undertrained", "not_trained"):
+    flags = [f for f in flags if f in Flag.LR_EDGE.values()]
+    for f in (Flag.UNDERTRAINED, Flag.NOT_TRAINED):
         if 2 * sum(f in fl for fl in per_run) > len(per_run):
             flags.append(f)
     return flags
@@ -157,15 +158,15 @@ def _member_flags(row) -> list[str]:
         return v
 
     flags = []
-    if num("undertrained") == 1.0:
-        flags.append("undertrained")
+    if num(Metric.UNDERTRAINED) == 1.0:
+        flags.append(Flag.UNDERTRAINED)
     edge = row.get("lr_edge") if "lr_edge" in row.index else None
-    if isinstance(edge, str) and edge.strip().lower() in ("low", "high"):
-        flags.append(f"lr_edge:{edge.strip().lower()}")
-    best, base = num("best_val"), num("baseline_val")
+    if isinstance(edge, str) and edge.strip().lower() in Flag.LR_EDGE:
+        flags.append(Flag.LR_EDGE[edge.strip().lower()])
+    best, base = num(Metric.BEST_VAL), num(Metric.BASELINE_VAL)
     if math.isfinite(best) and math.isfinite(base) and base > 0 \
             and best >= NOT_TRAINED_FRACTION * base:
-        flags.append("not_trained")
+        flags.append(Flag.NOT_TRAINED)
     return flags
 
 

@@ -19,10 +19,11 @@ import json
 from pathlib import Path
 
 from .errors import DataError, DlorError
+from .run_schema import Metric
 from .studydir import STUDY_MARKER
 
 UNITS = ("standardized", "target")
-ERROR_COLUMNS = ("test_error", "best_val", "baseline_val")  # member-export columns that are errors
+ERROR_COLUMNS = (Metric.TEST_ERROR, Metric.BEST_VAL, Metric.BASELINE_VAL)  # member-export columns that are errors
 SCALE_META_KEY = b"dlor.target_scale"
 UNITS_META_KEY = b"dlor.error_units"
 _MAX_PARAM = 6000  # MLflow's param value limit

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .cohort import Cohort, MemberResult, MemberSpec
+from .cohort import Cohort, MemberResult, MemberSpec, in_flight_best_vals
 from .context import RunContext
 from .models import Shape, count_params
 from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, count_metrics, state_counts
@@ -192,7 +192,7 @@ def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
             sampler=_sampler(study, unit), pruner=_pruner(study),
         ), "load the Optuna study")
         # running best val of members resumed mid-training (pruners judge best-so-far)
-        resume_best = {m["spec"]["key"]: m["best_val"] for m in resume["members"] if m} if resume else None
+        resume_best = in_flight_best_vals(resume) if resume else None
 
         def on_result(result: MemberResult, number: int, fresh: bool):
             tracker.park(member_record(ctx, unit, shape, result, optuna_trial=number, settings=settings),
@@ -295,3 +295,4 @@ def unit_dict(**kw) -> dict:
     if "shape" in kw and isinstance(kw["shape"], Shape):
         kw["shape"] = {k: v for k, v in asdict(kw["shape"]).items() if k != "extra"}
     return kw
+

@@ -1,6 +1,6 @@
 """One owner per name (issue 15): the study folder's file names are spelled only in
-`studydir`, the MLflow tag keys only in `run_schema`, and the modules that write or read
-MLflow runs take metric keys from `run_schema` too. Read from the source (string literals,
+`studydir`, the MLflow tag keys, metric keys (also the member table's column names) and
+point flags only in `run_schema`. Read from the source (string literals,
 docstrings left out), so a name spelled anew anywhere fails here."""
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ PACKAGE = Path(dlor_scale.__file__).parent
 #: Words that are also other things (a spec's ``kind`` field, the ledger's ``state``, the
 #: keys of study.json): not checked as tag keys.
 GENERIC = {run_schema.Tag.KIND, run_schema.Tag.STATE, run_schema.Tag.SPEC_HASH, run_schema.Tag.CODE_VERSION}
-#: Modules that write or read MLflow runs (the Arrow table's same-named columns, read by
-#: `scaling` and `units`, are `records`' export schema, not MLflow keys).
-MLFLOW_MODULES = ("tracking.py", "records.py", "analysis.py", "tune.py", "paper/report/mlflow_io.py")
 
 
 def _literals(path: Path) -> list[str]:
@@ -56,12 +53,17 @@ def test_mlflow_tag_keys_are_spelled_only_in_run_schema():
     assert not bad, f"MLflow tag keys spelled outside run_schema.py: {bad}"
 
 
-def test_mlflow_metric_keys_come_from_run_schema_where_runs_are_written_and_read():
+def test_mlflow_metric_keys_and_point_flags_are_spelled_only_in_run_schema():
+    """Metric keys are also the member table's column names (records exports them under
+    the same names) and point flags are cell-run tag values: one spelling, in run_schema."""
     metrics = {v for k, v in vars(run_schema.Metric).items() if not k.startswith("_") and isinstance(v, str)}
+    flags = set(run_schema.Flag.ALL)
     suffixes = {v for k, v in vars(run_schema.FitMetric).items() if not k.startswith("_") and len(v) > 1}
     bad = []
-    for rel in MLFLOW_MODULES:
-        for s in _literals(PACKAGE / rel):
-            if s in metrics or s.lstrip(".") in suffixes and s.startswith("."):
+    for rel, path in _modules():
+        if rel == "run_schema.py":
+            continue
+        for s in _literals(path):
+            if s in metrics or s in flags or s.lstrip(".") in suffixes and s.startswith("."):
                 bad.append((rel, s))
-    assert not bad, f"MLflow metric keys spelled outside run_schema.py: {bad}"
+    assert not bad, f"MLflow metric keys or point flags spelled outside run_schema.py: {bad}"

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from ...run_schema import Metric
+
 from .core import Section
 
 def _e(v: float | None, digits: int = 2) -> str:
@@ -29,7 +31,7 @@ def _range(lo: float, hi: float, fmt: Callable[[float], str]) -> str:
 
 def _when(col: str, epochs, long: bool = False) -> str:
     """'val @ 500 ep' for a checkpoint column, 'test @ 5,000 ep' for the final test error."""
-    if col != "test_error":
+    if col != Metric.TEST_ERROR:
         e = int(col.rsplit("_", 1)[1])
         return f"after {e:,} epochs (val)" if long else f"val @ {e:,} ep"
     if isinstance(epochs, int):

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from ...run_schema import Metric
+
 from .core import COLORS, ROLES, _metric_key
 
 #: Member states that count as "trained" (``failed`` is an infrastructure failure, not a
@@ -67,13 +69,13 @@ def _best_group(cell):
     """The members that stand for a cell: in confirm rows the seeds of the config whose
     median validation error is lowest (``top_k`` > 1 retrains several configs), else all."""
     if "confirm_of" in cell and (cell["phase"] == "confirm").all() and cell["confirm_of"].notna().any():
-        med = cell.groupby("confirm_of")["best_val"].median()
+        med = cell.groupby("confirm_of")[Metric.BEST_VAL].median()
         return cell[cell["confirm_of"] == med.idxmin()]
     return cell
 
 
 
-def cell_stats(rows, value: str = "test_error"):
+def cell_stats(rows, value: str = Metric.TEST_ERROR):
     """Per (family, budget): n, median/quartiles/min/max of ``value`` and the best-by-val member's.
 
     ``n_params`` is the cell's median exact parameter count (shapes of one cell differ
@@ -86,7 +88,7 @@ def cell_stats(rows, value: str = "test_error"):
         grp = _best_group(cell)
         v = grp[value].astype(float)
         fin = v[np.isfinite(v)]
-        best_val = cell["best_val"].astype(float)
+        best_val = cell[Metric.BEST_VAL].astype(float)
         best = cell.loc[best_val.idxmin(), value] if best_val.notna().any() else math.nan
         recs.append({
             "family": fam, "model_family": cell["model_family"].iloc[0], "budget": int(budget),
@@ -140,12 +142,12 @@ def threshold_stats(df, level: float = 0.95):
     import pandas as pd
 
     df = final_rows(df)
-    hit = np.isfinite(df["epochs_to_threshold"].astype(float))
+    hit = np.isfinite(df[Metric.EPOCHS_TO_THRESHOLD].astype(float))
     df = df[(df["state"] != "pruned") | hit]
     recs = []
     for (fam, budget), cell in df.groupby(["family", "budget"], sort=True):
         cell = _best_group(cell)
-        ep = cell["epochs_to_threshold"].astype(float)
+        ep = cell[Metric.EPOCHS_TO_THRESHOLD].astype(float)
         ok = ep[np.isfinite(ep)]
         n, k = int(len(cell)), int(len(ok))
         lo, hi = clopper_pearson(k, n, level)

@@ -13,6 +13,7 @@ import math
 import re
 from pathlib import Path
 
+from ...run_schema import Metric
 from .core import PAPER_DEEP_ERROR, PAPER_THRESHOLD, X1X2_FLOOR_RMS, Check, Section, _metric_key, verdict
 from .figures import _bars_figure, _error_vs_params_figure, _threshold_figure
 from .markdown import _e, _num, _range, _stats_table, _table, _when
@@ -47,14 +48,14 @@ def fixed_budget_section(df, out_dir: Path, meta: dict, name: str) -> Section:
                         f"{_e(d_big)} at P={big}"))
     checks.append(_wide_stays(stats, ck_stats.get(ck_cols[0]) if ck_cols else None, wide, dense, budgets))
     rows_md = []
-    for c in [*ck_cols, "test_error"]:
+    for c in [*ck_cols, Metric.TEST_ERROR]:
         st = ck_stats.get(c, stats)
         when = _when(c, epochs)
         for _, s in st.iterrows():
             rows_md.append([when, s["family"], s["budget"], int(s["n_params"]), f"{s['n_finite']}/{s['n']}",
                             _e(s["median"]), _range(s["q25"], s["q75"], _e), _e(s["min"]), _e(s["best"])])
     metrics = _median_metrics("fixed_budget", stats)
-    fig = _bars_figure({**{c: ck_stats[c] for c in ck_cols}, "test_error": stats}, meta,
+    fig = _bars_figure({**{c: ck_stats[c] for c in ck_cols}, Metric.TEST_ERROR: stats}, meta,
                        Path(out_dir) / f"{name}_fixed_budget.png")
     body = "\n".join([
         f"Metric: {meta.get('metric', '?')} (validation curve at the shorter budget, held-out test set at the end). "
