@@ -17,6 +17,7 @@ per (family, budget), a ``kind=member`` grandchild per member, ``kind=fit`` runs
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -194,10 +195,15 @@ class Tracker:
         self.uri = tracking_uri
         self.artifact_location = artifact_location
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.outbox = Path(outbox) if outbox else None
         self.attempts = attempts
         self._exp_id: str | None = None
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """Made on first use: a unit only parks records, so it never opens the store (a
+        SQL store's client imports ~1 s of MLflow and checks the database schema)."""
+        return MlflowClient(tracking_uri=self.uri)
 
     # ------------------------------------------------------------------ runs
     @property

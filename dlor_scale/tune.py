@@ -308,6 +308,7 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
             if failed:
                 raise DlorError(f"{len(failed)} search unit(s) failed: {'; '.join(failed)}; "
                                 f"fix the cause and relaunch to continue")
+            record_cell_counts(tracker, ctx, plan)
             cunits = confirm_units(study, plan, storage(ctx.optuna_storage))
             if progress and cunits:
                 progress.add_phase(cunits)
@@ -337,6 +338,35 @@ def launch(study, source: str, *, address: str | None = None, progress=None, fit
     close_cell_runs(ctx, tracker, result.fit)
     tracker.finish(ctx.study_run)
     return result
+
+
+def record_cell_counts(tracker: Tracker, ctx: RunContext, plan: Plan) -> None:
+    """Log each cell's search counts (asked, running, completed, pruned and at which
+    epochs, refilled; from Optuna, the source of truth) on its MLflow cell run, once the
+    search phase is over. The driver does it, not the units: units never open MLflow.
+
+    Step = the cell's finished trials, so the latest value is the most complete one. Best
+    effort: a tracking outage must not fail a study whose members' records are safe.
+    """
+    import optuna
+
+    from .run_schema import count_metrics
+    from .search import cell_counts
+    from .storages import db_retry, storage
+    ostorage = storage(ctx.optuna_storage)
+    for cell in plan.cells:
+        run_id = ctx.cell_runs.get(cell.key)
+        if run_id is None:
+            continue
+        try:
+            trials = db_retry(lambda cell=cell: optuna.load_study(
+                study_name=cell.optuna_study_name(ctx.study.name), storage=ostorage).get_trials(deepcopy=False),
+                "read trials")
+            counts = cell_counts(trials)
+            step = counts["completed"] + counts["pruned"] + counts["failed"]
+            tracker.log_batch(run_id, metrics=[(k, v, step) for k, v in count_metrics(counts).items()])
+        except Exception as e:  # noqa: BLE001
+            log.warning("cell counts of %s not recorded: %s", cell.key, e)
 
 
 def close_cell_runs(ctx: RunContext, tracker: Tracker, curves) -> None:

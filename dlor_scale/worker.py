@@ -21,7 +21,7 @@ import torch
 from .cohort import Cohort, MemberResult, MemberSpec, in_flight_best_vals
 from .context import RunContext
 from .models import Shape, count_params
-from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, count_metrics, state_counts
+from .run_schema import FINISHED_STATES, HPARAMS, Kind, Metric, Param, Tag, state_counts
 from .studydir import StudyDir, UnitFiles, atomic_write_bytes
 from .tracking import Tracker
 
@@ -235,7 +235,6 @@ def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
     if unit["phase"] == "search":
         progress.update(source.unit_counts())
         progress.update(state_counts(source.member_states(states).values()))
-        _record_cell_counts(tracker, ctx, unit, ostudy)
     out = {**progress, "elapsed_s": time.time() - t0, "node": node,
            "resumed": resume is not None,
            "train_s": cohort.stats.get("train_s", 0.0), "eval_s": cohort.stats.get("eval_s", 0.0),
@@ -266,28 +265,6 @@ def _sampler(study, unit):
 def _pruner(study):
     from .pruners import make_pruner
     return make_pruner(study.pruner, epochs=study.epochs, report_every=study.report_every)
-
-
-def _record_cell_counts(tracker, ctx: RunContext, unit: dict, ostudy) -> None:
-    """Log the cell's search counts (asked, running, completed, pruned and at which
-    epochs, refilled; from Optuna, the source of truth) on its MLflow cell run.
-
-    Step = finished trials of the cell, so the latest value is the most complete one
-    whichever of the cell's units finishes last. Best effort: the members' own records
-    are already safe, and a tracking outage must not fail the unit.
-    """
-    import logging
-
-    from .search import cell_counts
-    run_id = ctx.cell_runs.get(unit["cell"])
-    if run_id is None:
-        return
-    try:
-        counts = cell_counts(ostudy.get_trials(deepcopy=False))
-        step = counts["completed"] + counts["pruned"] + counts["failed"]
-        tracker.log_batch(run_id, metrics=[(k, v, step) for k, v in count_metrics(counts).items()])
-    except Exception as e:  # noqa: BLE001
-        logging.getLogger(__name__).warning("cell counts of %s not recorded: %s", unit["cell"], e)
 
 
 def unit_dict(**kw) -> dict:

@@ -82,6 +82,7 @@ def test_park_keeps_the_record_and_its_fresh_mark_and_a_resend_writes_nothing_tw
     tr = _tracker(tmp_path, "u")
     path = tr.park(_record(0), fresh=True)
     assert path.parent == tmp_path / "outbox" / "u" and path.suffix == ".json"
+    assert "client" not in vars(tr) and not (tmp_path / "mlflow.db").exists()   # parking opens no store
     record, fresh = read_parked(path)
     assert fresh and json.loads(json.dumps(_record(0))) == record   # JSON: tuples come back as lists
     assert tr.send_parked(path, fresh_ok=True) and not path.exists()
