@@ -580,8 +580,8 @@ def main():
     ap.add_argument("--families", default="dense,dlor_deep")
     ap.add_argument("--budgets", default="150,300,600,1200")
     ap.add_argument("--n-train", type=int, default=256, help="teacher training points (full batch)")
-    ap.add_argument("--large", default="members=64,epochs=800,n_train=4096,budgets=300:1200,families=dense,"
-                    "report_every=20,warmup_epochs=160",
+    ap.add_argument("--large", default="members=64,epochs=2000,n_train=4096,budgets=300:1200,families=dense,"
+                    "report_every=50,warmup_epochs=400",
                     help="the second dlor-scale study, of members that train ≥ 1 s each: overrides of the "
                          "options above (k=v, budgets/families ':'-separated); '' skips it")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: dlor,dlor_large,baseline,anatomy")
