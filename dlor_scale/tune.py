@@ -345,8 +345,9 @@ def record_cell_counts(tracker: Tracker, ctx: RunContext, plan: Plan) -> None:
     epochs, refilled; from Optuna, the source of truth) on its MLflow cell run, once the
     search phase is over. The driver does it, not the units: units never open MLflow.
 
-    Step = the cell's finished trials, so the latest value is the most complete one. Best
-    effort: a tracking outage must not fail a study whose members' records are safe.
+    Step = the cell's finished trials, so the latest value is the most complete one; values
+    the run already holds are not logged again (relaunching a finished study adds nothing).
+    Best effort: a tracking outage must not fail a study whose members' records are safe.
     """
     import optuna
 
@@ -364,7 +365,10 @@ def record_cell_counts(tracker: Tracker, ctx: RunContext, plan: Plan) -> None:
                 "read trials")
             counts = cell_counts(trials)
             step = counts["completed"] + counts["pruned"] + counts["failed"]
-            tracker.log_batch(run_id, metrics=[(k, v, step) for k, v in count_metrics(counts).items()])
+            have = tracker.client.get_run(run_id).data.metrics   # a relaunch logs nothing twice
+            new = [(k, v, step) for k, v in count_metrics(counts).items() if have.get(k) != v]
+            if new:
+                tracker.log_batch(run_id, metrics=new)
         except Exception as e:  # noqa: BLE001
             log.warning("cell counts of %s not recorded: %s", cell.key, e)
 

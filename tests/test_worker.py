@@ -121,3 +121,23 @@ def test_confirm_unit_retrains_the_best_config_with_its_seeds(unit_ctx):
     assert len({r["tags"][Tag.CONFIRM_OF] for r, _ in FakeTracker.parked}) == 1
     assert all(Tag.OPTUNA_TRIAL not in r["tags"] for r, _ in FakeTracker.parked)
     assert len(UnitFiles(ctx.study_dir, cunit["id"]).ledger_states()) == 2
+
+
+def test_driver_records_cell_counts_once(unit_ctx, tmp_path):
+    """After the search phase the driver logs each cell's counts on its cell run (real
+    MLflow); a second call (a relaunch of the finished study) logs nothing again."""
+    from dlor_scale.search import cell_counts
+    from dlor_scale.tracking import Tracker
+    from dlor_scale.tune import record_cell_counts
+    ctx, plan = unit_ctx
+    [unit] = search_units(ctx.study, plan)
+    worker.run_unit(ctx, unit)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit", artifact_location=(tmp_path / "art").as_uri())
+    run_id = tracker.get_or_create_run("unit/cell", name="cell", kind=Kind.CELL)
+    ctx = replace(ctx, cell_runs={unit["cell"]: run_id})
+    record_cell_counts(tracker, ctx, plan)
+    record_cell_counts(tracker, ctx, plan)
+    trials = optuna.load_study(study_name=unit["optuna_study"], storage=storage(ctx.optuna_storage)).get_trials()
+    history = tracker.client.get_metric_history(run_id, "search.asked")
+    assert [(m.value, m.step) for m in history] == [(4.0, 4)]
+    assert tracker.client.get_run(run_id).data.metrics["search.completed"] == cell_counts(trials)["completed"]
