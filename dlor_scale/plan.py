@@ -19,6 +19,21 @@ from .shapes import Counts, Shape, count_params
 from .sizing import cohort_slots
 from .spec import Study
 
+#: CPU cost of one layer of a member's training step, in parameter-equivalents. Measured on
+#: the quickstart's units (benchmarks/README.md, "Unit order"): a member-step costs about
+#: 0.2 µs per parameter but about 70 µs per layer (elementwise work on every layer's
+#: activations and one kernel call per op), so a 24-layer DLoR net of 400 parameters
+#: trains ~5× slower than a one-hidden-layer net of 800.
+LAYER_COST = 330
+
+
+def member_step_cost(shape: Shape, n_params: int) -> float:
+    """Relative CPU time of one member's training step (matmuls ∝ parameters, plus a fixed
+    cost per layer). Only ratios matter: it orders units longest-first, so that the long
+    ones do not start last and leave slots idle at the end of a phase."""
+    return n_params + LAYER_COST * len(shape.layers())
+
+
 @dataclass(frozen=True)
 class ShapePlan:
     """One shape of a cell and its share of the cell's members."""
@@ -32,6 +47,10 @@ class ShapePlan:
     @property
     def slots(self) -> int:
         return self.cohort_size
+
+    def unit_cost(self, members: int) -> float:
+        """Relative CPU time of a unit training `members` members of this shape."""
+        return member_step_cost(self.shape, self.n_params) * members
 
 
 @dataclass(frozen=True)

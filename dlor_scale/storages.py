@@ -33,6 +33,8 @@ def storage(url: str) -> optuna.storages.BaseStorage:
         path = url[len("journal://"):]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
+    from . import sqlite_wal
+    sqlite_wal.install()
     if url.startswith("sqlite"):
         kw = {"connect_args": {"timeout": 60}}
     else:

@@ -23,40 +23,21 @@ import logging
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-from mlflow.entities import Metric as MlflowMetric, Param, RunTag
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import __version__
 from .run_schema import FitMetric, Kind, Metric, Tag, fit_metric
 from .studydir import atomic_write_bytes, parked_record, parked_records, set_aside
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 log = logging.getLogger(__name__)
-
-
-@event.listens_for(Engine, "connect")
-def _sqlite_wal(dbapi_conn, _record):
-    """WAL + synchronous=NORMAL for the embedded SQLite stores (MLflow and Optuna).
-
-    Why: with the default rollback journal every commit fsyncs (~10 ms on a busy
-    disk) and a study makes thousands of small commits; WAL keeps the same
-    crash-safety for committed transactions at a fraction of the cost and lets
-    readers (the MLflow UI, `dlor-scale status`) run alongside the writers.
-    """
-    if isinstance(dbapi_conn, sqlite3.Connection):
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 
@@ -202,7 +183,12 @@ class Tracker:
     @functools.cached_property
     def client(self) -> MlflowClient:
         """Made on first use: a unit only parks records, so it never opens the store (a
-        SQL store's client imports ~1 s of MLflow and checks the database schema)."""
+        SQL store's client imports ~1 s of MLflow and checks the database schema; this module
+        imports MLflow only here and in `log_batch`, so a unit's start-up skips it)."""
+        from mlflow.tracking import MlflowClient
+
+        from . import sqlite_wal
+        sqlite_wal.install()
         return MlflowClient(tracking_uri=self.uri)
 
     # ------------------------------------------------------------------ runs
@@ -266,6 +252,7 @@ class Tracker:
                   timestamp: int | None = None) -> None:
         """Chunked log_batch: params/tags once, metrics as (key, value, step) stamped
         `timestamp` (ms, default now); `final_tags` go in the last chunk (a commit marker)."""
+        from mlflow.entities import Metric as MlflowMetric, Param, RunTag
         ts = int(timestamp or time.time() * 1000)
         p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
         t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]

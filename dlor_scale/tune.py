@@ -67,7 +67,7 @@ def search_units(study, plan: Plan) -> list[dict]:
                 id=f"search/{cell.key}/{i}", phase="search", cell=cell.key, label=cell.label,
                 family=cell.family, budget=cell.budget, shape=sp.shape, quota=sp.trials,
                 slots=sp.cohort_size, optuna_study=cell.optuna_study_name(study.name),
-                cost=sp.n_params * sp.trials,
+                cost=sp.unit_cost(sp.trials),
             ))
     return sorted(units, key=lambda u: -u["cost"])  # longest first: shorter tail
 
@@ -104,7 +104,7 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
                 id=f"confirm/{cell.key}/{shape_idx}", phase="confirm", cell=cell.key, label=cell.label,
                 family=cell.family, budget=cell.budget, shape=sp.shape, members=members,
                 slots=min(len(members), sp.cohort_size or len(members)), optuna_study=cell.optuna_study_name(study.name),
-                cost=sp.n_params * len(members),
+                cost=sp.unit_cost(len(members)),
             ))
     return sorted(units, key=lambda u: -u["cost"])
 

@@ -213,3 +213,37 @@ def test_curves_read_the_recorded_fit_run_only_when_it_matches(tmp_path, monkeyp
     assert isinstance(analysis.load_curves("lc", uri, n_boot=30), Curves)
     points["now"] = synth_points(seed=1)
     assert isinstance(analysis.load_curves("lc", uri, n_boot=30, recorded=True), Curves)
+
+
+# ------------------------------------------------------------------ units: no MLflow
+
+
+def test_a_unit_imports_no_mlflow():
+    """A unit only parks member records (the driver writes them), so the modules a Tune
+    trial imports (`worker` and what it needs) load neither MLflow nor SQLAlchemy: ~1 s
+    less start-up per trial actor (benchmarks/README.md, "Trial start-up")."""
+    code = ("import sys\n"
+            "import dlor_scale.worker, dlor_scale.search, dlor_scale.cohort, dlor_scale.tracking\n"
+            "bad = [m for m in ('mlflow', 'sqlalchemy') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def test_sql_stores_still_open_in_wal_mode(tmp_path):
+    """The WAL pragma moved from an import side effect to `sqlite_wal.install()`: the MLflow
+    store (via `Tracker.client`) and an SQLite Optuna storage (via `storages.storage`) still
+    get it, in a fresh interpreter where nothing else installed it."""
+    code = (
+        "import sqlite3, sys\n"
+        "from dlor_scale.tracking import Tracker\n"
+        "from dlor_scale.storages import storage\n"
+        f"Tracker('sqlite:///{tmp_path}/m.db', 'e').experiment_id\n"
+        f"import optuna; optuna.create_study(storage=storage('sqlite:///{tmp_path}/o.db'))\n"
+        "for f in ('m.db', 'o.db'):\n"
+        f"    mode = sqlite3.connect('{tmp_path}/' + f).execute('PRAGMA journal_mode').fetchone()[0]\n"
+        "    assert mode == 'wal', (f, mode)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
