@@ -18,9 +18,12 @@ Each system runs in its own subprocess (own driver, own Ray, own stores) so neit
 the other's process state (e.g. dlor-scale's SQLite WAL hook never reaches the
 baseline's MLflow engine). All members of the dlor-scale study run; the baseline runs a
 representative subset (round-robin over the same cells) and is compared per member-hour.
-A second dlor-scale study ("dlor_large", ``--large``) runs members that train ≥ 1 s each
-(more data, more epochs, fewer members), so the outside-training share is reported for
-both member sizes. A last, small part ("anatomy") runs one dlor-scale unit in-process
+A second dlor-scale study ("dlor_large", ``--large``) runs members that train ≥ 1 s each:
+the same eight cells with 8× the data and 13× the epochs (half the members), so the
+outside-training share is reported for both member sizes of one study layout. (A study of
+fewer units than about twice the slots adds an idle tail that no bookkeeping causes: the
+earlier default, 2 cells on 2 slots, spent 22 % of its slot-time waiting for the longer
+unit; benchmarks/README.md.) A last, small part ("anatomy") runs one dlor-scale unit in-process
 without Ray, with timers around what the cohort calls (``next_member``,
 ``on_report_round``, ``on_finish``) and the Optuna journal and MLflow writes: once with
 MLflow writes stubbed out, once for real, and once with the previous Optuna write
@@ -35,7 +38,7 @@ Definitions (printed with the results):
   metrics, summed over all trials (units or members).
 
 Usage (from the repository root):
-    python benchmarks/study_overhead.py                       # ~8-9 min on a 2-core box at load ~4
+    python benchmarks/study_overhead.py                       # ~8 min on an idle 2-core box
     python benchmarks/study_overhead.py --members 128 --baseline-members 16 --epochs 60 \
         --large members=16,epochs=200,n_train=1024,budgets=300,families=dense,report_every=20,warmup_epochs=40  # quick
 Writes benchmarks/results/study_overhead.txt (this output) and study_overhead.md (summary);
@@ -183,7 +186,8 @@ class ProgressProbe:
 
 
 def part_dlor(cfg: dict) -> dict:
-    import ray  # noqa: F401  (import cost outside the timed region, as for the baseline)
+    import mlflow.tracking  # noqa: F401  (import cost outside the timed region, as for the baseline:
+    import ray  # noqa: F401   the driver's `tune` no longer imports MLflow itself, its Tracker does)
 
     from dlor_scale.spec import load_study
     from dlor_scale.tune import launch
@@ -580,8 +584,7 @@ def main():
     ap.add_argument("--families", default="dense,dlor_deep")
     ap.add_argument("--budgets", default="150,300,600,1200")
     ap.add_argument("--n-train", type=int, default=256, help="teacher training points (full batch)")
-    ap.add_argument("--large", default="members=64,epochs=2000,n_train=4096,budgets=300:1200,families=dense,"
-                    "report_every=50,warmup_epochs=400",
+    ap.add_argument("--large", default="members=256,epochs=2000,n_train=2048,report_every=50,warmup_epochs=400",
                     help="the second dlor-scale study, of members that train ≥ 1 s each: overrides of the "
                          "options above (k=v, budgets/families ':'-separated); '' skips it")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: dlor,dlor_large,baseline,anatomy")
@@ -829,9 +832,6 @@ def main():
     if both and not a.no_write:
         d, b = res["dlor"], res["baseline"]
         loads = [x[0] for r in res.values() for x in r["load_during"]]
-        tl = d.get("timeline") or {}
-        busy = d["train_s"] + d["eval_s"]
-        cap = d["wall_s"] * sm["dlor"]["slots"]
         md = [
             "### Study overhead: dlor-scale vs hand-wired Ray Tune + OptunaSearch + MLflowLoggerCallback",
             "",
@@ -877,15 +877,23 @@ def main():
             "`MedianStoppingRule`, `MLflowLoggerCallback`, `reuse_actors=True`, no checkpoints. dlor-scale: "
             "per-cell TPE + median pruner in the Optuna journal, member records parked by units and written to MLflow by the driver, checkpoints.",
         ]
-        if tl:
-            other = d["in_trial_s"] - busy
+        for k, what in (("dlor", "tiny"), ("dlor_large", "large")):
+            r = res.get(k)
+            t = (r or {}).get("timeline") or {}
+            if not t:
+                continue
+            c, bz = r["wall_s"] * sm[k]["slots"], r["train_s"] + r["eval_s"]
+            pct = lambda x: f"{x / c * 100:.1f}%"  # noqa: E731
+            idle = sm[k]["slots"] * (r["wall_s"] - t["before_first_trial_s"] - t["after_last_trial_s"]) - t["trial_span_s"]
             md.append(
-                f"- Where dlor-scale's {(cap - busy) / cap * 100:.0f}% goes (of wall × 2): "
-                f"{other / cap * 100:.0f}% per-member bookkeeping inside units (Optuna journal + TPE, parking member records), "
-                f"{2 * tl['before_first_trial_s'] / cap * 100:.0f}% before the first unit starts "
-                f"(stores {tl['stores_s']:.0f} s + Ray Tune start {tl['before_first_trial_s'] - tl['stores_s']:.0f} s), "
-                f"{(tl['trial_span_s'] - d['in_trial_s']) / cap * 100:.0f}% unit start-up, "
-                f"{(2 * (d['wall_s'] - tl['before_first_trial_s'] - tl['after_last_trial_s']) - tl['trial_span_s']) / cap * 100:.0f}% idle tail.")
+                f"- Where the {what}-member study's {(c - bz) / c * 100:.1f}% goes (of wall × {sm[k]['slots']}): "
+                f"{pct(r['in_trial_s'] - bz)} bookkeeping inside units (Optuna journal + TPE, parking member records, "
+                f"waiting for a core), {pct(sm[k]['slots'] * t['before_first_trial_s'])} before the first unit starts "
+                f"(stores {t['stores_s']:.1f} s + Ray Tune start {t['before_first_trial_s'] - t['stores_s']:.1f} s), "
+                f"{pct(t['trial_span_s'] - r['in_trial_s'])} unit start-up, {pct(idle)} slots idle while units run "
+                f"(the tail: the longest unit {max(u['elapsed_s'] for u in r['per_trial']):.0f} s of "
+                f"{sum(u['elapsed_s'] for u in r['per_trial']):.0f} s in all), "
+                f"{pct(sm[k]['slots'] * t['after_last_trial_s'])} after the last unit ends (the driver's final MLflow drain).")
         if anatomy:
             nm = anatomy["no_mlflow"]
             sa = anatomy["summary"]
