@@ -40,6 +40,13 @@ def _env():
     return env
 
 
+def _run_fresh(code: str) -> None:
+    """Run `code` in a fresh interpreter (this test process has torch and MLflow loaded)."""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
 def _probe(*args: str) -> dict:
     r = subprocess.run([sys.executable, "-c", _CLI_PROBE, *args], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=300)
@@ -54,9 +61,7 @@ def test_spec_plan_budget_targets_import_neither_torch_nor_ray():
             "import dlor_scale.shapes, dlor_scale.cli, dlor_scale.scaling, dlor_scale.fit\n"
             f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
             "assert not bad, bad\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    _run_fresh(code)
 
 
 def test_models_reexports_the_shape_vocabulary():
@@ -226,9 +231,7 @@ def test_a_unit_imports_no_mlflow():
             "import dlor_scale.worker, dlor_scale.search, dlor_scale.cohort, dlor_scale.tracking\n"
             "bad = [m for m in ('mlflow', 'sqlalchemy') if m in sys.modules]\n"
             "assert not bad, bad\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    _run_fresh(code)
 
 
 def test_sql_stores_still_open_in_wal_mode(tmp_path):
@@ -244,6 +247,4 @@ def test_sql_stores_still_open_in_wal_mode(tmp_path):
         "for f in ('m.db', 'o.db'):\n"
         f"    mode = sqlite3.connect('{tmp_path}/' + f).execute('PRAGMA journal_mode').fetchone()[0]\n"
         "    assert mode == 'wal', (f, mode)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    _run_fresh(code)
