@@ -11,7 +11,10 @@ tests/test_optuna_private.py, not deep inside a running study.
   attributes after, so a connection dropped in between leaves a RUNNING trial no unit
   owns (exactly-once asks need the single commit);
 * one journal append for a whole report round (`append_intermediate_values`): each
-  ``trial.report`` is its own append (file lock + write + fsync).
+  ``trial.report`` is its own append (file lock + write + fsync);
+* a study that shows a sampler only some of its trials (`scoped_study`): Optuna's samplers
+  read trials through the private ``Study._get_trials``, and a part of a split cell must
+  sample from its own trials alone (`samplers.ScopedSampler`).
 """
 
 from __future__ import annotations
@@ -67,3 +70,31 @@ def append_intermediate_values(study: optuna.Study, rows: list[tuple[optuna.Tria
         if cached is not None:
             cached.intermediate_values[int(step)] = float(value)
     return True
+
+
+class _ScopedStudy:
+    """The study as a sampler sees it, with only the trials ``keep`` accepts."""
+
+    def __init__(self, study: optuna.Study, keep):
+        self._study, self._keep = study, keep
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        return [t for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+                if self._keep(t)]
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if self._keep(t)]
+
+    @property
+    def trials(self):
+        return self.get_trials()
+
+
+def scoped_study(study: optuna.Study, keep) -> optuna.Study:
+    """``study`` with ``get_trials``/``_get_trials``/``trials`` narrowed to the trials for
+    which ``keep(frozen_trial)`` is true; everything else (storage, directions, ids) is the
+    study's own, so what a sampler writes (system attributes) lands on the real trials."""
+    return _ScopedStudy(study, keep)   # type: ignore[return-value]

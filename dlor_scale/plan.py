@@ -8,11 +8,15 @@ schedule precisely that. Nothing here touches Ray, Optuna or the disk.
 Vocabulary: a *cell* is one (family label, budget); it owns one Optuna study. A cell is
 realised by one or more *shapes* (``shapes_per_cell``); each (cell, shape) pair is one
 Ray Tune trial that trains a packed cohort of members. A *member* is one Optuna trial.
+A cell may be split into *parts* (``parts_per_cell``): independent searches over shares of
+its trials, each (cell, shape, part) its own Tune trial, so one costly cell runs on several
+slots at once instead of finishing alone at the end of a phase.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from . import budget as budget_solver
 from .shapes import Counts, Shape, count_params
@@ -53,6 +57,13 @@ class ShapePlan:
         return member_step_cost(self.shape, self.n_params) * members
 
 
+#: ``parts_per_cell: auto`` never leaves a part fewer trials, or fewer cohort slots, than
+#: this: a part asks a first wave and refills it, so it keeps a search (TPE past its startup,
+#: a pruner with peers) rather than a handful of random draws.
+MIN_PART_TRIALS = 16
+MIN_PART_SLOTS = 4
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (family label, budget) point of the scaling curve."""
@@ -61,6 +72,26 @@ class Cell:
     family: str
     budget: int
     shapes: tuple[ShapePlan, ...]
+    #: Independent searches the cell's trials are split into (1: one search, the usual).
+    #: Parts never see each other's trials, so each part samples, prunes and seeds its
+    #: members from its own history alone, whatever order Ray runs the parts in.
+    parts: int = 1
+
+    @property
+    def cost(self) -> float:
+        """Relative CPU time of the cell's search (all shapes, all parts)."""
+        return sum(sp.unit_cost(sp.trials) for sp in self.shapes)
+
+    def part_trials(self, sp: ShapePlan) -> list[int]:
+        """Trials of shape ``sp`` in each part."""
+        return split_trials(sp.trials, self.parts)
+
+    def part_slots(self, sp: ShapePlan) -> int | None:
+        """Cohort slots of one part of shape ``sp``: the shape's slots shared out, so the
+        parts together train as many members at once as the unsplit cohort would."""
+        if sp.cohort_size is None or self.parts == 1:
+            return sp.cohort_size
+        return max(1, -(-sp.cohort_size // self.parts))
 
     @property
     def key(self) -> str:
@@ -106,8 +137,8 @@ class Plan:
 
     @property
     def total_trials(self) -> int:
-        """Ray Tune trials: one per (cell, shape)."""
-        return sum(len(c.shapes) for c in self.cells)
+        """Ray Tune trials of the search phase: one per (cell, shape, part)."""
+        return sum(len(c.shapes) * c.parts for c in self.cells)
 
     def cell(self, key: str) -> Cell:
         for c in self.cells:
@@ -127,9 +158,31 @@ class Plan:
                     "width": s.width, "depth": s.depth, "rank": s.rank, "branches": s.branches,
                     "diag": s.diag, "n_params": sp.n_params,
                     "rel_err": round((sp.n_params - c.budget) / c.budget, 6),
-                    "trials": sp.trials, "slots": sp.cohort_size if sp.cohort_size is not None else "auto (GPU)", "cpu": res.cpu, "gpu": res.gpu,
+                    "trials": sp.trials, "parts": c.parts,
+                    "slots": c.part_slots(sp) if sp.cohort_size is not None else "auto (GPU)", "cpu": res.cpu, "gpu": res.gpu,
                 })
         return rows
+
+
+def cell_parts(cells: list[Cell], setting: int | str) -> list[int]:
+    """Parts of each cell for ``parts_per_cell`` (an integer: every cell alike).
+
+    ``auto`` splits only cells costlier than the mean cell, into ⌈cost / mean⌉ parts, and
+    never below `MIN_PART_TRIALS` trials or `MIN_PART_SLOTS` slots a part. Why the mean:
+    a phase cannot end before its longest unit, and a cell several times the mean is the
+    one the other slots wait for. It depends on the plan alone (not on how many slots a
+    cluster has), so the same spec searches the same way on a laptop and on a cluster.
+    """
+    if setting != "auto":
+        return [int(setting)] * len(cells)
+    mean = sum(c.cost for c in cells) / max(1, len(cells))
+    out = []
+    for c in cells:
+        want = math.ceil(c.cost / mean - 1e-9) if mean > 0 else 1
+        room = min(min(sp.trials // MIN_PART_TRIALS,
+                       (sp.cohort_size or MIN_PART_SLOTS) // MIN_PART_SLOTS) for sp in c.shapes)
+        out.append(max(1, min(want, room)))
+    return out
 
 
 def split_trials(total: int, parts: int) -> list[int]:
@@ -181,4 +234,5 @@ def make_plan(study: Study) -> Plan:
                 for c, n in zip(cands, shares)
             )
             cells.append(Cell(label, fam.family, b, shapes))
+    cells = [replace(c, parts=n) for c, n in zip(cells, cell_parts(cells, study.parts_per_cell))]
     return Plan(study, tuple(cells), study.d_in, study.d_out, tuple(warnings), tuple(notes))

@@ -12,6 +12,43 @@ import warnings
 
 import optuna
 
+#: Optuna user attribute of a trial of a split cell (``parts_per_cell``): its place among its
+#: unit's trials (0, 1, …). Parts run at once, so their trials' numbers interleave in timing
+#: order; seeds, pruner identities and seeded draws use this instead.
+SEQ_ATTR = "seq"
+
+
+class ScopedSampler(optuna.samplers.BaseSampler):
+    """A sampler that sees only the trials of some units of the study: one part of a split
+    cell. Why: a sampler fitted to the whole cell would read the other parts' trials in the
+    order Ray happened to run them, and the same spec would sample differently each time."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, units: list[str]):
+        self.base = base
+        self.units = frozenset(units)
+
+    def _view(self, study):
+        from .optuna_private import scoped_study
+        return scoped_study(study, lambda t: t.user_attrs.get("unit") in self.units)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(self._view(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.base.sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.base.sample_independent(self._view(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(self._view(study), trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(self._view(study), trial, state, values)
+
+    def reseed_rng(self):
+        self.base.reseed_rng()
+
 
 class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
     """Random search whose draws are a pure function of (seed, trial number, name).
@@ -27,7 +64,8 @@ class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
         self._seed = int(seed)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        h = hashlib.sha256(f"{self._seed}|{trial.number}|{param_name}".encode()).digest()
+        n = trial.user_attrs.get(SEQ_ATTR, trial.number)   # split cells: the place in the unit
+        h = hashlib.sha256(f"{self._seed}|{n}|{param_name}".encode()).digest()
         draw = optuna.samplers.RandomSampler(seed=int.from_bytes(h[:4], "little"))
         return draw.sample_independent(study, trial, param_name, param_distribution)
 

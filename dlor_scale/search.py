@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 
 from .optuna_private import append_intermediate_values, create_trial, forget_cached_trials, pop_waiting_trial, trial_id
 from .pruners import PeerPruner
+from .samplers import SEQ_ATTR
 from .run_schema import HPARAMS, state_counts
 from .storages import db_retry
 
@@ -104,13 +105,20 @@ class OptunaSource:
     user attr ``refill``; `cell_counts` reads it back for ``status`` and MLflow.
     ``resume_best`` (key → best val so far, from the cohort checkpoint) restores the
     running best of members resumed mid-training.
+
+    Parts (``scope``: the unit ids of this unit's part of a split cell): the pruner judges
+    against the part's trials only and the sampler sees only them (`samplers.ScopedSampler`);
+    each trial records its place in its unit (``SEQ_ATTR``), and a member's seed and its
+    pruner identity come from that, not from the cell-wide trial number, which parts
+    running at once draw in timing order. So a part searches exactly as it would alone.
     """
 
     def __init__(self, study: optuna.Study, *, unit: str, cell_key: str, space: dict, quota: int,
                  base_seed: int, in_flight: set[int] = frozenset(), final_epoch: int | None = None,
                  on_result: Callable[[MemberResult, int, bool], None] | None = None,
-                 resume_best: dict[str, float] | None = None):
+                 resume_best: dict[str, float] | None = None, scope: list[str] | None = None):
         self.study = study
+        self.scope = list(scope) if scope else None
         self.unit = unit
         self.cell_key = cell_key
         self.space = space
@@ -127,6 +135,7 @@ class OptunaSource:
                                        if v is not None and math.isfinite(v)}
         mine = self._mine()
         self.seen = {t.number for t in mine}   # trials of this unit this source knows of
+        self.local: dict[str, int] = {}       # key → the trial's number as the pruner sees it
         self.started = len(mine)
         self.freed = any(t.state.is_finished() for t in mine)
         self.requeue = [t for t in mine if t.state == TrialState.RUNNING and t.number not in in_flight]
@@ -137,6 +146,7 @@ class OptunaSource:
         for t in mine:
             if t.number in in_flight:
                 key = self._key(t.number)
+                self.local[key] = self._local(t)
                 if t.state == TrialState.RUNNING:
                     self.trials[key] = db_retry(lambda t=t: optuna.Trial(study, trial_id(t)), "load a trial")
                     self.told_steps[key] = set(t.intermediate_values)
@@ -146,6 +156,28 @@ class OptunaSource:
 
     def _key(self, number: int) -> str:
         return f"{self.cell_key}/t{number}"
+
+    def _local(self, t) -> int:
+        """A trial's number for the pruner: the Optuna number, or in a split cell its place
+        in its part (unit index + seq × units), which no other part's timing changes."""
+        if self.scope is None:
+            return t.number
+        return int(t.user_attrs[SEQ_ATTR]) * len(self.scope) + self.scope.index(t.user_attrs["unit"])
+
+    def _seed(self, trial: optuna.Trial) -> int:
+        """The member's seed: from the cell and trial number, or in a split cell from its
+        unit and place in it."""
+        if self.scope is None:
+            return member_seed(self.base_seed, self.cell_key, trial.number)
+        seq = db_retry(lambda: trial.user_attrs, "read trial attributes")[SEQ_ATTR]
+        return member_seed(self.base_seed, self.unit, int(seq))
+
+    def _peer_trials(self) -> list:
+        """The trials the pruner compares with: the cell's, or in a split cell the part's."""
+        trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
+        if self.scope is None:
+            return trials
+        return [t for t in trials if t.user_attrs.get("unit") in self.scope and SEQ_ATTR in t.user_attrs]
 
     def _mine(self) -> list:
         trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
@@ -178,7 +210,8 @@ class OptunaSource:
         RUNNING trial that no unit owns. A create that failed transiently but landed is
         found (a RUNNING trial of this unit this source has not seen) and adopted, so a
         retry never makes two."""
-        attrs = {"unit": self.unit, **({"refill": True} if self.freed else {})}
+        attrs = {"unit": self.unit, **({"refill": True} if self.freed else {}),
+                 **({SEQ_ATTR: self.started} if self.scope is not None else {})}
         waiting = db_retry(lambda: pop_waiting_trial(self.study), "pop an enqueued trial")
         if waiting is not None:   # enqueued by hand (tests, warm starts): not atomic, retried
             forget_cached_trials(self.study)
@@ -239,7 +272,8 @@ class OptunaSource:
             self.fresh.add(self._key(trial.number))
             self.told_steps[self._key(trial.number)] = set()
         key = self._key(trial.number)
-        seed = member_seed(self.base_seed, self.cell_key, trial.number)
+        seed = self._seed(trial)
+        self.local[key] = self._local(trial)   # (a live Trial has the same number and attributes)
         self.trials[key] = trial
         return member_spec(key, seed, params)
 
@@ -300,19 +334,20 @@ class OptunaSource:
                 continue  # a member that trained every epoch is complete: never pruned at the line
             trial = self.trials[key]
             if self.lockstep:
-                if self.pruner.reads(trial.number, epoch):
-                    judged.append((key, trial.number, epoch, best))
+                if self.pruner.reads(self.local[key], epoch):
+                    judged.append((key, self.local[key], epoch, best))
             elif not isinstance(self.pruner, optuna.pruners.NopPruner):
                 self._tell_step(key, r.val_error, epoch)
                 if db_retry(trial.should_prune, "ask the pruner"):
                     prune.add(key)
         if judged:
             self._tell_steps([(key, value, step) for key, _, step, value in judged])
-            trials = db_retry(lambda: self.study.get_trials(deepcopy=False), "read trials")
+            trials = self._peer_trials()
+            local = {t.number: self._local(t) for t in trials}
             tables: dict[int, dict[int, float]] = {}
             for key, number, step, value in judged:
                 if step not in tables:
-                    tables[step] = self.pruner.table(trials, step)
+                    tables[step] = {local[n]: v for n, v in self.pruner.table(trials, step).items()}
                     # this round's values, even if the storage lags behind
                     tables[step].update({n: v for _, n, s, v in judged if s == step})
                 peers = {n: v for n, v in tables[step].items() if n != number}

@@ -60,24 +60,46 @@ def build_context(study, source: str, *, threads: int, data: dict | None = None)
 
 
 def search_units(study, plan: Plan) -> list[dict]:
+    """One unit per (cell, shape, part). A split cell's units carry ``scope``: the units of
+    their part, the only trials their sampler and pruner may see (see `search.OptunaSource`)."""
     units = []
     for cell in plan.cells:
-        for i, sp in enumerate(cell.shapes):
-            units.append(unit_dict(
-                id=f"search/{cell.key}/{i}", phase="search", cell=cell.key, label=cell.label,
-                family=cell.family, budget=cell.budget, shape=sp.shape, quota=sp.trials,
-                slots=sp.cohort_size, optuna_study=cell.optuna_study_name(study.name),
-                cost=sp.unit_cost(sp.trials),
-            ))
+        for part in range(cell.parts):
+            ids = [search_unit_id(cell, i, part) for i in range(len(cell.shapes))]
+            for i, sp in enumerate(cell.shapes):
+                quota = cell.part_trials(sp)[part]
+                units.append(unit_dict(
+                    id=ids[i], phase="search", cell=cell.key, label=cell.label,
+                    family=cell.family, budget=cell.budget, shape=sp.shape, quota=quota,
+                    slots=sp.cohort_size if cell.parts == 1 or sp.cohort_size is None
+                    else min(quota, cell.part_slots(sp)),
+                    optuna_study=cell.optuna_study_name(study.name),
+                    scope=ids if cell.parts > 1 else None, cost=sp.unit_cost(quota),
+                ))
     return sorted(units, key=lambda u: -u["cost"])  # longest first: shorter tail
 
 
+def search_unit_id(cell, shape_index: int, part: int) -> str:
+    """``search/<cell>/<shape>``, with ``/p<part>`` when the cell is split."""
+    return f"search/{cell.key}/{shape_index}" + (f"/p{part}" if cell.parts > 1 else "")
+
+
+def unit_shape_index(unit_id: str, cell_key: str) -> int:
+    """The shape index of a search unit id (see `search_unit_id`)."""
+    return int(unit_id[len(f"search/{cell_key}/"):].split("/", 1)[0])
+
+
 def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
-    """Top-k COMPLETE trials of each cell (by best val), retrained with `seeds` seeds."""
+    """Top-k COMPLETE trials of each cell (by best val), retrained with `seeds` seeds.
+
+    A split cell's confirmation members are shared out over as many units as it has parts.
+    A member of a split cell is seeded from its unit and its place in it (`search.SEQ_ATTR`),
+    as its search member was, never from its timing-dependent trial number."""
     import optuna
     from optuna.trial import TrialState
 
-    from .search import member_seed, member_spec
+    from .plan import split_trials
+    from .search import SEQ_ATTR, member_seed, member_spec
     from .storages import db_retry
     if study.confirm is None:
         return []
@@ -90,22 +112,27 @@ def confirm_units(study, plan: Plan, ostorage) -> list[dict]:
         best = sorted(done, key=lambda t: t.value)[: study.confirm.top_k]
         by_shape: dict[int, list] = {}
         for t in best:
-            shape_idx = int(t.user_attrs["unit"].rsplit("/", 1)[1])
+            shape_idx = unit_shape_index(t.user_attrs["unit"], cell.key)
             for s in range(study.confirm.seeds):
                 params = dict(t.params)
                 params.update({k: v for k, v in study.search_space.items() if isinstance(v, (int, float))})
                 params["confirm_of"] = t.number
-                m = member_spec(f"{cell.key}/c{t.number}s{s}", member_seed(study.seed, cell.key, t.number, s + 1),
-                                params)
+                seed = (member_seed(study.seed, t.user_attrs["unit"], t.user_attrs[SEQ_ATTR], s + 1)
+                        if SEQ_ATTR in t.user_attrs else member_seed(study.seed, cell.key, t.number, s + 1))
+                m = member_spec(f"{cell.key}/c{t.number}s{s}", seed, params)
                 by_shape.setdefault(shape_idx, []).append(m.__dict__ | {"extra": dict(m.extra)})
         for shape_idx, members in sorted(by_shape.items()):
             sp = cell.shapes[shape_idx]
-            units.append(unit_dict(
-                id=f"confirm/{cell.key}/{shape_idx}", phase="confirm", cell=cell.key, label=cell.label,
-                family=cell.family, budget=cell.budget, shape=sp.shape, members=members,
-                slots=min(len(members), sp.cohort_size or len(members)), optuna_study=cell.optuna_study_name(study.name),
-                cost=sp.unit_cost(len(members)),
-            ))
+            n_units = min(cell.parts, len(members))
+            start = 0
+            for part, n in enumerate(split_trials(len(members), n_units)):
+                chunk, start = members[start:start + n], start + n
+                units.append(unit_dict(
+                    id=f"confirm/{cell.key}/{shape_idx}" + (f"/p{part}" if n_units > 1 else ""), phase="confirm",
+                    cell=cell.key, label=cell.label, family=cell.family, budget=cell.budget, shape=sp.shape,
+                    members=chunk, slots=min(len(chunk), sp.cohort_size or len(chunk)),
+                    optuna_study=cell.optuna_study_name(study.name), cost=sp.unit_cost(len(chunk)),
+                ))
     return sorted(units, key=lambda u: -u["cost"])
 
 

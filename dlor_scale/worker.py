@@ -202,7 +202,8 @@ def run_unit(ctx: RunContext, unit: dict, report=None) -> dict:
         in_flight = {int(k.rsplit("/t", 1)[1]) for k in in_flight_keys}
         source = OptunaSource(ostudy, unit=unit["id"], cell_key=unit["cell"], space=study.search_space,
                               quota=unit["quota"], base_seed=study.seed, in_flight=in_flight,
-                              final_epoch=study.epochs, on_result=on_result, resume_best=resume_best)
+                              final_epoch=study.epochs, on_result=on_result, resume_best=resume_best,
+                              scope=unit.get("scope"))
     else:
         members = [MemberSpec(**m) for m in unit["members"]]
 
@@ -256,10 +257,11 @@ def _finish_kwargs(study, phase: str) -> dict:
 
 
 def _sampler(study, unit):
-    from .samplers import make_sampler
+    from .samplers import ScopedSampler, make_sampler
     from .search import member_seed
     seed = None if study.sampler.seed is None else member_seed(study.sampler.seed, unit["id"], 0)
-    return make_sampler(study.sampler, seed, slots=unit.get("slots"))
+    sampler = make_sampler(study.sampler, seed, slots=unit.get("slots"))
+    return ScopedSampler(sampler, unit["scope"]) if unit.get("scope") else sampler
 
 
 def _pruner(study):

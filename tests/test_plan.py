@@ -15,7 +15,7 @@ from dlor_scale.spec import load_study, parse_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 ROW_KEYS = {"cell", "family", "budget", "shape", "width", "depth", "rank", "branches", "diag",
-            "n_params", "rel_err", "trials", "slots", "cpu", "gpu"}
+            "n_params", "rel_err", "trials", "parts", "slots", "cpu", "gpu"}
 
 
 @pytest.fixture(scope="module")

@@ -377,18 +377,21 @@ def test_spec_hash_is_sensitive(change):
 
 
 def test_a_field_added_later_hashes_only_when_set():
-    """finish.precision came after studies were run: at its default (what those specs
-    meant) the hash is the one computed before the field existed, so their folders
-    still resume; set to fp32 it is a different study."""
+    """finish.precision and parts_per_cell came after studies were run: at their defaults
+    (what those specs meant) the hash is the one computed before the fields existed, so
+    their folders still resume; set otherwise it is a different study."""
     with_finish = spec(finish={"iterations": 50})
     canon = parse_study(with_finish, SRC).model_dump(mode="json", exclude={"description", *LOCATION_FIELDS})
-    del canon["finish"]["precision"]   # the spec as it dumped before the field existed
+    del canon["finish"]["precision"]   # the spec as it dumped before the fields existed
+    del canon["parts_per_cell"]
     before = hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":"),
                                        ensure_ascii=True).encode()).hexdigest()[:12]
     default = parse_study(with_finish, SRC).spec_hash()
     explicit = parse_study(spec(finish={"iterations": 50, "precision": "fp64"}), SRC).spec_hash()
     fp32 = parse_study(spec(finish={"iterations": 50, "precision": "fp32"}), SRC).spec_hash()
     assert default == explicit == before != fp32
+    parts = {parse_study(spec(finish={"iterations": 50}, parts_per_cell=p), SRC).spec_hash() for p in (1, 2, "auto")}
+    assert len(parts) == 3 and default in parts
 
 
 def test_spec_hash_ignores_where_the_study_runs():

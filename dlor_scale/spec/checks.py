@@ -114,6 +114,17 @@ def cross_check(s: Study, raw: dict) -> list[Problem]:
         bad("device", "cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)", "cuda")
     if s.confirm is not None and s.confirm.top_k > s.trials_per_cell:
         bad("confirm.top_k", f"must be ≤ trials_per_cell ({s.trials_per_cell})", s.confirm.top_k)
+    if s.parts_per_cell != 1:   # parts are independent searches: nothing may couple them by timing
+        if s.sampler.kind in ("qmc", "cmaes"):
+            bad("parts_per_cell", f"sampler {s.sampler.kind} keeps one sequence per Optuna study, which parts "
+                "running at once would share in timing order; use sampler tpe or random, or parts_per_cell: 1",
+                s.parts_per_cell)
+        if s.pruner.kind == "wilcoxon":
+            bad("parts_per_cell", "pruner wilcoxon compares with the cell's best trial, which parts running at "
+                "once would see in timing order; use a lockstep pruner, or parts_per_cell: 1", s.parts_per_cell)
+        if s.parts_per_cell != "auto" and s.parts_per_cell * min(s.shapes_per_cell, s.trials_per_cell) > s.trials_per_cell:
+            bad("parts_per_cell", f"× shapes_per_cell must be ≤ trials_per_cell ({s.trials_per_cell}): every "
+                "part of every shape needs a trial", s.parts_per_cell)
     if s.shapes_per_cell > s.trials_per_cell:
         bad("shapes_per_cell", f"must be ≤ trials_per_cell ({s.trials_per_cell}): every shape needs a trial",
             s.shapes_per_cell)

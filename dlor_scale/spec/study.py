@@ -43,7 +43,7 @@ class EarlyStopping(SpecModel):
 #: Fields added after studies were run, hashed only when set away from their default: at
 #: the default they mean what the spec meant before they existed, so an existing study
 #: folder keeps its hash (and relaunching it keeps resuming instead of refusing).
-HASHED_ONLY_IF_SET: dict[tuple[str, ...], object] = {("finish", "precision"): "fp64"}
+HASHED_ONLY_IF_SET: dict[tuple[str, ...], object] = {("finish", "precision"): "fp64", ("parts_per_cell",): 1}
 
 
 class QuasiNewtonFinish(SpecModel):
@@ -99,6 +99,10 @@ class Study(SpecModel):
     sampler: SamplerSpec = TPESamplerSpec()
     pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
     trials_per_cell: PosInt = Field(24, description="members (Optuna trials) per (family, budget) cell")
+    parts_per_cell: PosIntOrAuto = Field(
+        1, description="independent searches a cell's trials are split into, each its own Ray trial (cohort "
+                       "slots shared out too), so one costly cell does not leave the other slots idle at the "
+                       "end; auto splits only cells costlier than the mean cell (plan.cell_parts)")
     cohort_size: PosIntOrAuto = Field(16, description="members trained side by side in one Ray trial; below "
                                        "trials_per_cell, so slots freed by pruning are refilled by asks that "
                                        "see told results")
