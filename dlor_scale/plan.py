@@ -9,14 +9,14 @@ Vocabulary: a *cell* is one (family label, budget); it owns one Optuna study. A 
 realised by one or more *shapes* (``shapes_per_cell``); each (cell, shape) pair is one
 Ray Tune trial that trains a packed cohort of members. A *member* is one Optuna trial.
 A cell may be split into *parts* (``parts_per_cell``): independent searches over shares of
-its trials, each (cell, shape, part) its own Tune trial, so one costly cell runs on several
-slots at once instead of finishing alone at the end of a phase.
+its trials, each (cell, shape, part) its own Tune trial with the full cohort width, so a
+cell of many cohort waves trains on several slots at once (a cluster with more slots than
+cells has nothing else to give them).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import budget as budget_solver
 from .shapes import Counts, Shape, count_params
@@ -57,13 +57,6 @@ class ShapePlan:
         return member_step_cost(self.shape, self.n_params) * members
 
 
-#: ``parts_per_cell: auto`` never leaves a part fewer trials, or fewer cohort slots, than
-#: this: a part asks a first wave and refills it, so it keeps a search (TPE past its startup,
-#: a pruner with peers) rather than a handful of random draws.
-MIN_PART_TRIALS = 16
-MIN_PART_SLOTS = 4
-
-
 @dataclass(frozen=True)
 class Cell:
     """One (family label, budget) point of the scaling curve."""
@@ -77,21 +70,18 @@ class Cell:
     #: members from its own history alone, whatever order Ray runs the parts in.
     parts: int = 1
 
-    @property
-    def cost(self) -> float:
-        """Relative CPU time of the cell's search (all shapes, all parts)."""
-        return sum(sp.unit_cost(sp.trials) for sp in self.shapes)
-
     def part_trials(self, sp: ShapePlan) -> list[int]:
         """Trials of shape ``sp`` in each part."""
         return split_trials(sp.trials, self.parts)
 
     def part_slots(self, sp: ShapePlan) -> int | None:
-        """Cohort slots of one part of shape ``sp``: the shape's slots shared out, so the
-        parts together train as many members at once as the unsplit cohort would."""
+        """Cohort slots of one part of shape ``sp``: the shape's own, not shared out. Why:
+        a step of a deep net costs nearly the same for 8 members as for 16 (per-layer
+        overhead), so halving a cohort's width doubles its cost per member; a part of full
+        width instead runs fewer waves (benchmarks/README.md, "Split cells")."""
         if sp.cohort_size is None or self.parts == 1:
             return sp.cohort_size
-        return max(1, -(-sp.cohort_size // self.parts))
+        return min(sp.cohort_size, max(self.part_trials(sp)))
 
     @property
     def key(self) -> str:
@@ -164,27 +154,6 @@ class Plan:
         return rows
 
 
-def cell_parts(cells: list[Cell], setting: int | str) -> list[int]:
-    """Parts of each cell for ``parts_per_cell`` (an integer: every cell alike).
-
-    ``auto`` splits only cells costlier than the mean cell, into ⌈cost / mean⌉ parts, and
-    never below `MIN_PART_TRIALS` trials or `MIN_PART_SLOTS` slots a part. Why the mean:
-    a phase cannot end before its longest unit, and a cell several times the mean is the
-    one the other slots wait for. It depends on the plan alone (not on how many slots a
-    cluster has), so the same spec searches the same way on a laptop and on a cluster.
-    """
-    if setting != "auto":
-        return [int(setting)] * len(cells)
-    mean = sum(c.cost for c in cells) / max(1, len(cells))
-    out = []
-    for c in cells:
-        want = math.ceil(c.cost / mean - 1e-9) if mean > 0 else 1
-        room = min(min(sp.trials // MIN_PART_TRIALS,
-                       (sp.cohort_size or MIN_PART_SLOTS) // MIN_PART_SLOTS) for sp in c.shapes)
-        out.append(max(1, min(want, room)))
-    return out
-
-
 def split_trials(total: int, parts: int) -> list[int]:
     """``total`` as evenly as possible over ``parts``; the first parts take the remainder."""
     base, extra = divmod(total, parts)
@@ -233,6 +202,5 @@ def make_plan(study: Study) -> Plan:
                 ShapePlan(c.shape, c.n_params, count_params(c.shape), n, study_slots(study, c.shape, n, n_train=rows))
                 for c, n in zip(cands, shares)
             )
-            cells.append(Cell(label, fam.family, b, shapes))
-    cells = [replace(c, parts=n) for c, n in zip(cells, cell_parts(cells, study.parts_per_cell))]
+            cells.append(Cell(label, fam.family, b, shapes, parts=study.parts_per_cell))
     return Plan(study, tuple(cells), study.d_in, study.d_out, tuple(warnings), tuple(notes))

@@ -107,7 +107,7 @@ def test_split_cells_search_the_same_on_every_launch(tmp_path, ray_local):
     from dlor_scale.scaling import points_from_runs
     from dlor_scale.tracking import Tracker
     from dlor_scale.tune import search_units
-    over = {"parts_per_cell": 2, "trials_per_cell": 8, "cohort_size": 4,
+    over = {"parts_per_cell": 2, "trials_per_cell": 8, "cohort_size": 2,
             "sampler": {"kind": "tpe", "seed": 0, "n_startup_trials": 2}}
     got = []
     for name in ("a", "b"):

@@ -44,7 +44,7 @@ def search_problems(s: Study) -> list[Problem]:
         out.append(Problem(path, what))
 
     n = s.trials_per_cell
-    quota = -(-n // max(1, min(s.shapes_per_cell, n)))            # trials of the largest cohort
+    quota = -(-n // max(1, min(s.shapes_per_cell * s.parts_per_cell, n)))   # trials of the largest cohort
     slots = max(1, min(CPU_SLOTS if s.cohort_size == "auto" else s.cohort_size, quota))  # the CPU bound of sizing.cohort_slots
     pr, sa = s.pruner, s.sampler
     if pr.kind in ("median", "percentile"):
@@ -73,7 +73,7 @@ def search_problems(s: Study) -> list[Problem]:
             warn("trials_per_cell", f"all {quota} trials of a cohort are asked in one wave (cohort_size gives "
                  f"{slots} slots), before any result is told, so sampler {sa.kind} never learns (it is "
                  f"random search); fix: more trials than slots, e.g. trials_per_cell: "
-                 f"{math.ceil(1.5 * slots) * max(1, min(s.shapes_per_cell, n))} with cohort_size: {slots} "
+                 f"{math.ceil(1.5 * slots) * max(1, min(s.shapes_per_cell * s.parts_per_cell, n))} with cohort_size: {slots} "
                  "(slots freed by pruning are refilled by asks that see told results; benchmarks/README.md: "
                  "about half the member-epochs), or sampler.kind: random / qmc")
         elif sa.kind == "tpe" and sa.n_startup_trials != "auto" and sa.n_startup_trials > quota - slots:
@@ -122,7 +122,7 @@ def cross_check(s: Study, raw: dict) -> list[Problem]:
         if s.pruner.kind == "wilcoxon":
             bad("parts_per_cell", "pruner wilcoxon compares with the cell's best trial, which parts running at "
                 "once would see in timing order; use a lockstep pruner, or parts_per_cell: 1", s.parts_per_cell)
-        if s.parts_per_cell != "auto" and s.parts_per_cell * min(s.shapes_per_cell, s.trials_per_cell) > s.trials_per_cell:
+        if s.parts_per_cell * min(s.shapes_per_cell, s.trials_per_cell) > s.trials_per_cell:
             bad("parts_per_cell", f"× shapes_per_cell must be ≤ trials_per_cell ({s.trials_per_cell}): every "
                 "part of every shape needs a trial", s.parts_per_cell)
     if s.shapes_per_cell > s.trials_per_cell:

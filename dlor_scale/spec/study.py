@@ -99,10 +99,10 @@ class Study(SpecModel):
     sampler: SamplerSpec = TPESamplerSpec()
     pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
     trials_per_cell: PosInt = Field(24, description="members (Optuna trials) per (family, budget) cell")
-    parts_per_cell: PosIntOrAuto = Field(
-        1, description="independent searches a cell's trials are split into, each its own Ray trial (cohort "
-                       "slots shared out too), so one costly cell does not leave the other slots idle at the "
-                       "end; auto splits only cells costlier than the mean cell (plan.cell_parts)")
+    parts_per_cell: PosInt = Field(
+        1, description="independent searches each cell's trials are split into, each its own Ray trial with "
+                       "the full cohort_size: a cell of many waves trains on several slots at once (for "
+                       "clusters with more slots than cells); each part samples and prunes from its own trials")
     cohort_size: PosIntOrAuto = Field(16, description="members trained side by side in one Ray trial; below "
                                        "trials_per_cell, so slots freed by pruning are refilled by asks that "
                                        "see told results")
