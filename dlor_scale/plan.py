@@ -81,7 +81,7 @@ class Cell:
         width instead runs fewer waves (benchmarks/README.md, "Split cells")."""
         if sp.cohort_size is None or self.parts == 1:
             return sp.cohort_size
-        return min(sp.cohort_size, max(self.part_trials(sp)))
+        return min(sp.cohort_size, -(-sp.trials // self.parts))   # the largest part's trials
 
     @property
     def key(self) -> str:

@@ -77,6 +77,7 @@ def test_dry_run_shows_parts(tmp_path):
     ({"pruner": {"kind": "wilcoxon"}}, "pruner wilcoxon compares with the cell's best trial"),
     ({"parts_per_cell": 80}, "× shapes_per_cell must be ≤ trials_per_cell (64)"),
     ({"parts_per_cell": "auto"}, "integer"),
+    ({"parts_per_cell": 10**9}, "less than or equal to 256"),   # no plan of a billion units
 ])
 def test_spec_refuses_parts_that_would_couple_or_starve(over, says):
     from dlor_scale.errors import SpecError

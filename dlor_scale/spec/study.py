@@ -99,7 +99,7 @@ class Study(SpecModel):
     sampler: SamplerSpec = TPESamplerSpec()
     pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
     trials_per_cell: PosInt = Field(24, description="members (Optuna trials) per (family, budget) cell")
-    parts_per_cell: PosInt = Field(
+    parts_per_cell: Annotated[Int, Field(ge=1, le=256)] = Field(
         1, description="independent searches each cell's trials are split into, each its own Ray trial with "
                        "the full cohort_size: a cell of many waves trains on several slots at once (for "
                        "clusters with more slots than cells); each part samples and prunes from its own trials")
