@@ -16,6 +16,7 @@ from dlor_scale.optuna_private import (
     create_trial,
     forget_cached_trials,
     pop_waiting_trial,
+    scoped_study,
     trial_id,
 )
 from dlor_scale.storages import storage
@@ -73,3 +74,18 @@ def test_append_intermediate_values_declines_other_storages(tmp_path):
         t = study.ask()
         assert append_intermediate_values(study, [(t, 10, 0.5)]) is False
         assert study.get_trials()[0].intermediate_values == {}
+
+
+def test_samplers_read_trials_through_the_method_scoped_study_narrows():
+    """TPE reads the study's trials through ``Study._get_trials``: a view that narrows it
+    must change what TPE sees (a sampler that read them any other way would see all)."""
+    study = _study()
+    for unit, lr in (("a", 1e-3), ("b", 0.5)):
+        for _ in range(12):
+            t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)})
+            t.set_user_attr("unit", unit)
+            study.tell(t, abs(t.params["lr"] - lr))
+    view = scoped_study(study, lambda t: t.user_attrs.get("unit") == "a")
+    assert {t.user_attrs["unit"] for t in view._get_trials(deepcopy=False)} == {"a"}
+    assert len(view.get_trials()) == len(view.trials) == 12 and len(study.trials) == 24
+    assert view._study_id == study._study_id and view.directions == study.directions
