@@ -62,7 +62,7 @@ def plan_table(plan) -> Table:
     t = Table(title=escape(f"plan: {plan.study.name}"), show_lines=False)
     rows = plan.table()
     cols = ["cell", "width", "depth", "rank", "branches", "diag", "n_params", "rel_err", "trials", "slots"]
-    if any(c.parts > 1 for c in plan.cells):   # split cells: trials and slots are shared over parts
+    if any(c.parts > 1 for c in plan.cells):   # split cells: trials are shared out over parts
         cols.insert(-1, "parts")
     for c in cols:
         t.add_column(c, justify="left" if c in ("cell", "diag") else "right", no_wrap=True)

@@ -74,14 +74,15 @@ class Cell:
         """Trials of shape ``sp`` in each part."""
         return split_trials(sp.trials, self.parts)
 
-    def part_slots(self, sp: ShapePlan) -> int | None:
-        """Cohort slots of one part of shape ``sp``: the shape's own, not shared out. Why:
-        a step of a deep net costs nearly the same for 8 members as for 16 (per-layer
-        overhead), so halving a cohort's width doubles its cost per member; a part of full
-        width instead runs fewer waves (benchmarks/README.md, "Split cells")."""
+    def part_slots(self, sp: ShapePlan, part: int = 0) -> int | None:
+        """Cohort slots of part ``part`` of shape ``sp`` (part 0 is the largest): the shape's
+        own, not shared out. Why: a step of a deep net costs nearly the same for 8 members
+        as for 16 (per-layer overhead), so halving a cohort's width doubles its cost per
+        member; a part of full width instead runs fewer waves (benchmarks/README.md,
+        "Split cells")."""
         if sp.cohort_size is None or self.parts == 1:
             return sp.cohort_size
-        return min(sp.cohort_size, -(-sp.trials // self.parts))   # the largest part's trials
+        return min(sp.cohort_size, self.part_trials(sp)[part])
 
     @property
     def key(self) -> str:

@@ -71,8 +71,7 @@ def search_units(study, plan: Plan) -> list[dict]:
                 units.append(unit_dict(
                     id=ids[i], phase="search", cell=cell.key, label=cell.label,
                     family=cell.family, budget=cell.budget, shape=sp.shape, quota=quota,
-                    slots=sp.cohort_size if cell.parts == 1 or sp.cohort_size is None
-                    else min(quota, cell.part_slots(sp)),
+                    slots=cell.part_slots(sp, part),
                     optuna_study=cell.optuna_study_name(study.name),
                     scope=ids if cell.parts > 1 else None, cost=sp.unit_cost(quota),
                 ))
